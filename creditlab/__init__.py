@@ -1,0 +1,29 @@
+"""creditlab: backpropagation and the learning rules proposed to replace it, on one engine."""
+
+from creditlab.errors import (
+    CreditlabError,
+    DataError,
+    GraphError,
+    TrainingError,
+    UnknownNameError,
+    UsageError,
+)
+from creditlab.network import Network, Trace, mlp
+from creditlab.rules import RULES, Rule, rule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RULES",
+    "CreditlabError",
+    "DataError",
+    "GraphError",
+    "Network",
+    "Rule",
+    "Trace",
+    "TrainingError",
+    "UnknownNameError",
+    "UsageError",
+    "mlp",
+    "rule",
+]

@@ -1,0 +1,255 @@
+"""The command line: `creditlab train`, `creditlab gradcheck`, `creditlab rules`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from creditlab.errors import CreditlabError, UsageError
+
+TOLERANCE_FD = 1e-4  # central differences in float64 with eps 1e-6 (round-off ~1e-10)
+TOLERANCE_AUTOGRAD = 1e-9
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: usage line, message, exit 2
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _rule_opts(items: list[str], rule_name: str) -> dict[str, str]:
+    """--rule-opt KEY=VALUE or RULE.KEY=VALUE, for the rule being trained."""
+    opts = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--rule-opt needs KEY=VALUE or RULE.KEY=VALUE, got {item!r}")
+        owner, dot, name = key.rpartition(".")
+        if dot and owner != rule_name:
+            raise UsageError(
+                f"--rule-opt {item!r} is for rule {owner!r}, but the rule is {rule_name!r}"
+            )
+        opts[name] = value
+    return opts
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    from creditlab.train import TrainConfig
+
+    d = TrainConfig()
+    p.add_argument(
+        "--dataset", default=d.dataset, help="mnist, digits or idx:PATH (default %(default)s)"
+    )
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset's files")
+    p.add_argument(
+        "--val-size",
+        type=int,
+        default=None,
+        help="validation examples carved from the end of the training set",
+    )
+    p.add_argument(
+        "--train-subset", type=int, default=None, help="train on the first N examples only"
+    )
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help="mlp:H1-H2, skip:H1-H2 or a JSON spec (default %(default)s)",
+    )
+    p.add_argument(
+        "--activation", default=d.activation, help="hidden activation (default %(default)s)"
+    )
+    p.add_argument("--loss", default=d.loss, help="cross_entropy, mse or bce (default %(default)s)")
+    p.add_argument("--init", default=None, help="glorot or he (default: by activation)")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="dropout on hidden groups")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument(
+        "--optimizer", default=d.optimizer, help="sgd, adam or adamw (default %(default)s)"
+    )
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--nesterov", action="store_true")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--schedule", default=d.schedule, help="constant, step or cosine")
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
+    p.add_argument(
+        "--step-epochs",
+        type=int,
+        default=d.step_epochs,
+        help="step schedule: epochs between decays",
+    )
+    p.add_argument("--gamma", type=float, default=d.gamma, help="step schedule: decay factor")
+    p.add_argument("--min-lr", type=float, default=d.min_lr, help="cosine schedule: final rate")
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="stop after N epochs without a better validation accuracy",
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
+    p.add_argument("--dtype", default=d.dtype, help="float32 or float64")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def config_from_args(args, rule_name: str, rule_opts: dict):
+    from creditlab.train import TrainConfig
+
+    return TrainConfig(
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        val_size=args.val_size,
+        train_subset=args.train_subset,
+        model=args.model,
+        activation=args.activation,
+        loss=args.loss,
+        init=args.init,
+        dropout=args.dropout,
+        rule=rule_name,
+        rule_opts=rule_opts,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs,
+        step_epochs=args.step_epochs,
+        gamma=args.gamma,
+        min_lr=args.min_lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def _fresh_dir(base: Path) -> Path:
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def cmd_train(args) -> int:
+    from creditlab.train import train
+
+    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
+    config = config_from_args(args, args.rule, _rule_opts(args.rule_opt, args.rule))
+    if args.out is None:
+        dataset = config.dataset.replace(":", "_").replace("/", "_")
+        out = _fresh_dir(Path("runs") / f"{dataset}-{config.rule}-seed{config.seed}")
+    else:
+        out = Path(args.out)
+        if (out / "checkpoint.pt").exists() and not (args.resume or args.force):
+            raise UsageError(
+                f"{out} already holds a run; pass --resume to continue it or --force to start over"
+            )
+    results = train(config, out, resume=args.resume, progress=not args.quiet)
+    seconds = results["seconds_per_epoch"]
+    print(
+        f"{config.rule} on {config.dataset}: test accuracy {results['test_accuracy']:.4f} "
+        f"(error {100 * results['test_error']:.2f}%), best validation accuracy "
+        f"{results['val_accuracy']:.4f} at epoch {results['best_epoch']}, "
+        f"{sum(seconds) / max(1, len(seconds)):.2f} s/epoch"
+    )
+    print(f"results in {out / 'results.json'}")
+    return 0
+
+
+def cmd_gradcheck(args) -> int:
+    from creditlab import gradcheck
+
+    results = gradcheck.run(trials=args.trials, seed=args.seed)
+    failed = 0
+    print(f"{'case':32s} {'parameter':22s} {'rel. err vs FD':>15s} {'vs autograd':>12s}")
+    for result in results:
+        for name, (fd, ag) in result.errors.items():
+            bad = fd > args.tol_fd or ag > args.tol_autograd
+            failed += bad
+            mark = "  MISMATCH" if bad else ""
+            print(f"{result.case:32s} {name:22s} {fd:15.2e} {ag:12.2e}{mark}")
+    worst_fd = max(r.worst()[0] for r in results)
+    worst_ag = max(r.worst()[1] for r in results)
+    print(
+        f"{len(results)} networks: largest relative error {worst_fd:.2e} against finite "
+        f"differences (tolerance {args.tol_fd:g}), {worst_ag:.2e} against autograd "
+        f"(tolerance {args.tol_autograd:g})"
+    )
+    if failed:
+        print(f"gradcheck FAILED: {failed} parameter(s) mismatch", file=sys.stderr)
+        return 1
+    print("gradcheck passed")
+    return 0
+
+
+def cmd_rules(args) -> int:
+    from creditlab.rules import RULES
+
+    for name, cls in sorted(RULES.items()):
+        print(f"{name:10s} {cls.summary}")
+        for key, opt in cls.options.items():
+            print(f"{'':10s}   {name}.{key}={opt.default!r} ({opt.type.__name__}) {opt.help}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="creditlab", description="Train networks by backpropagation and its challengers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("train", help="train one network with one rule")
+    add_training_options(p)
+    p.add_argument("--rule", default="bp", help="learning rule (see `creditlab rules`)")
+    p.add_argument(
+        "--rule-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="rule option, e.g. fa.scale=0.5 (repeatable)",
+    )
+    p.add_argument("--out", default=None, help="run folder (default runs/DATASET-RULE-seedN)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's checkpoint"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="start over in a run folder that holds a run"
+    )
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("gradcheck", help="check bp against finite differences and autograd")
+    p.add_argument("--trials", type=int, default=6, help="random networks per loss")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tol-fd", type=float, default=TOLERANCE_FD)
+    p.add_argument("--tol-autograd", type=float, default=TOLERANCE_AUTOGRAD)
+    p.set_defaults(func=cmd_gradcheck)
+
+    p = sub.add_parser("rules", help="list the learning rules and their options")
+    p.set_defaults(func=cmd_rules)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CreditlabError as err:
+        print(f"creditlab: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(
+            "creditlab: interrupted; the last checkpoint is intact (use --resume)", file=sys.stderr
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

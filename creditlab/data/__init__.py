@@ -1,0 +1,181 @@
+"""Data sets as ready-to-use tensors: MNIST, scikit-learn's digits, and any MNIST-like IDX folder.
+
+Every data set comes as a Dataset with train, validation and test splits. The validation split
+is always carved from the END of the training data, so the test set is never touched while
+choosing settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from creditlab.data import digits, idx, mnist
+from creditlab.errors import UnknownNameError, UsageError
+
+DATASETS = ("mnist", "digits", "idx:PATH")
+
+MNIST_VAL_SIZE = 10_000
+
+
+@dataclass(repr=False)
+class Dataset:
+    """Train / validation / test splits; x is float32 (N, D) in [0, 1], y is int64 labels."""
+
+    name: str  # "mnist", "digits", "idx:/path"
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    n_classes: int
+    image_shape: tuple[int, ...]  # e.g. (28, 28) or (8, 8), for showing inputs as pictures
+
+    @property
+    def input_size(self) -> int:
+        return self.train_x.shape[1]
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> Dataset:
+        """A copy with inputs moved/cast to `device` and `dtype`; labels stay int64."""
+
+        def move_x(x: torch.Tensor) -> torch.Tensor:
+            return x.to(device=device, dtype=dtype)
+
+        def move_y(y: torch.Tensor) -> torch.Tensor:
+            return y.to(device=device, dtype=torch.int64)
+
+        return dataclasses.replace(
+            self,
+            train_x=move_x(self.train_x),
+            train_y=move_y(self.train_y),
+            val_x=move_x(self.val_x),
+            val_y=move_y(self.val_y),
+            test_x=move_x(self.test_x),
+            test_y=move_y(self.test_y),
+        )
+
+    def subset(
+        self,
+        n_train: int | None = None,
+        n_val: int | None = None,
+        n_test: int | None = None,
+    ) -> Dataset:
+        """The first n examples of each split (None keeps a split whole), for quick runs."""
+        for label, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+            if n is not None and n < 0:
+                raise UsageError(f"{label} must be >= 0, got {n}")
+        return dataclasses.replace(
+            self,
+            train_x=self.train_x[:n_train],
+            train_y=self.train_y[:n_train],
+            val_x=self.val_x[:n_val],
+            val_y=self.val_y[:n_val],
+            test_x=self.test_x[:n_test],
+            test_y=self.test_y[:n_test],
+        )
+
+    def __repr__(self) -> str:  # the default would print every tensor
+        return (
+            f"Dataset({self.name!r}, train={len(self.train_y)}, val={len(self.val_y)}, "
+            f"test={len(self.test_y)}, input_size={self.input_size}, n_classes={self.n_classes})"
+        )
+
+
+def load_dataset(
+    spec: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    val_size: int | None = None,
+    progress: bool = True,
+) -> Dataset:
+    """Load a data set by name: "mnist", "digits" or "idx:PATH".
+
+    - "mnist": the real MNIST, found in `data_dir`, `$CREDITLAB_DATA/mnist` or the cache, or
+      downloaded (with a progress bar if `progress`) and checked by SHA-256; see
+      creditlab.data.mnist. 50,000 train / 10,000 val / 10,000 test by default.
+    - "digits": scikit-learn's 8x8 digits with a fixed split, 1,257 / 180 / 360 by default.
+    - "idx:PATH": a folder with the four MNIST file names (raw or .gz), e.g. Fashion-MNIST,
+      KMNIST or EMNIST. Validation defaults to 10,000 examples if there are more than 20,000
+      training examples, else a sixth of them. `data_dir` is not used.
+
+    `val_size` overrides how many of the last training examples become the validation split.
+    """
+    spec = spec.strip()
+    if spec.lower() == "mnist":
+        files = mnist.load_mnist_files(data_dir, progress)
+        return _from_idx("mnist", files, val_size, MNIST_VAL_SIZE)
+    if spec.lower() == "digits":
+        train_x, train_y, test_x, test_y = digits.load_digits_arrays()
+        val = digits.VAL_SIZE if val_size is None else val_size
+        return _split("digits", train_x, train_y, test_x, test_y, val, 10, (8, 8))
+    if spec.startswith("idx:"):
+        folder = spec.removeprefix("idx:")
+        if not folder:
+            raise UsageError('"idx:" needs a folder, as in "idx:data/fashion-mnist"')
+        files = idx.load_idx_folder(Path(folder).expanduser())
+        n_train = len(files[idx.TRAIN_LABELS][1])
+        return _from_idx(spec, files, val_size, 10_000 if n_train > 20_000 else n_train // 6)
+    raise UnknownNameError("dataset", spec, DATASETS)
+
+
+def _from_idx(name: str, files: idx.IdxFiles, val_size: int | None, default_val: int) -> Dataset:
+    train_images, train_y = files[idx.TRAIN_IMAGES][1], files[idx.TRAIN_LABELS][1]
+    test_images, test_y = files[idx.TEST_IMAGES][1], files[idx.TEST_LABELS][1]
+    n_classes = int(max(train_y.max(initial=0), test_y.max(initial=0))) + 1
+    return _split(
+        name,
+        idx.images_to_float(train_images),
+        train_y.astype(np.int64),
+        idx.images_to_float(test_images),
+        test_y.astype(np.int64),
+        default_val if val_size is None else val_size,
+        n_classes,
+        tuple(int(d) for d in train_images.shape[1:]),
+    )
+
+
+def _split(
+    name: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    val_size: int,
+    n_classes: int,
+    image_shape: tuple[int, ...],
+) -> Dataset:
+    """Hold out the last `val_size` training examples for validation and make tensors."""
+    n = len(train_x)
+    if isinstance(val_size, bool) or not isinstance(val_size, int | np.integer):
+        raise UsageError(f"val_size must be an integer, got {val_size!r}")
+    if not 0 < val_size < n:
+        raise UsageError(
+            f"val_size must be between 1 and {n - 1} for {name} ({n} training examples), "
+            f"got {val_size}"
+        )
+    cut = n - val_size
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    return Dataset(
+        name=name,
+        train_x=tensor(train_x[:cut]),
+        train_y=tensor(train_y[:cut]),
+        val_x=tensor(train_x[cut:]),
+        val_y=tensor(train_y[cut:]),
+        test_x=tensor(test_x),
+        test_y=tensor(test_y),
+        n_classes=n_classes,
+        image_shape=image_shape,
+    )
+
+
+__all__ = ["DATASETS", "Dataset", "load_dataset"]

@@ -1,0 +1,170 @@
+"""Optimisers and learning-rate schedules.
+
+A rule computes a direction per parameter; an optimiser turns directions into steps and applies
+them, in place. Each optimiser is an init/update pair in the manner of optax: `init(params)`
+makes the state (a dict of plain values and tensors, so it goes into checkpoints as is) and
+`update(params, updates, state, lr)` moves the parameters against the updates. The formulas
+follow torch.optim, so a run here and a plain PyTorch run with the same settings take the same
+steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from creditlab.errors import UnknownNameError, UsageError
+
+Tensor = torch.Tensor
+Params = dict[str, Tensor]
+State = dict[str, Any]
+
+
+def _check(name: str, value: float, low: float, high: float = math.inf) -> float:
+    if not (low <= value < high) or math.isnan(value):
+        raise UsageError(f"{name} must be in [{low}, {high}), got {value}")
+    return float(value)
+
+
+class Optimizer:
+    name = ""
+
+    def init(self, params: Params) -> State:
+        return {"step": 0}
+
+    def update(self, params: Params, updates: Params, state: State, lr: float) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """SGD with optional momentum (heavy ball or Nesterov) and L2 weight decay."""
+
+    name = "sgd"
+
+    def __init__(self, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
+        self.momentum = _check("momentum", momentum, 0.0, 1.0)
+        self.nesterov = nesterov
+        self.weight_decay = _check("weight decay", weight_decay, 0.0)
+        if nesterov and self.momentum == 0:
+            raise UsageError("nesterov needs a momentum above 0")
+
+    def init(self, params: Params) -> State:
+        state: State = {"step": 0}
+        if self.momentum:
+            state["momentum"] = {k: torch.zeros_like(p) for k, p in params.items()}
+        return state
+
+    def update(self, params: Params, updates: Params, state: State, lr: float) -> None:
+        m = self.momentum
+        for name, p in params.items():
+            g = updates[name]
+            if self.weight_decay:
+                g = g.add(p, alpha=self.weight_decay)
+            if m:
+                buf = state["momentum"][name]
+                if state["step"] == 0:
+                    buf.copy_(g)  # torch.optim starts the buffer at the first gradient
+                else:
+                    torch.add(g, buf, alpha=m, out=buf)  # buf = g + m * buf, in one pass
+                g = g.add(buf, alpha=m) if self.nesterov else buf
+            p.add_(g, alpha=-lr)
+        state["step"] += 1
+
+
+class Adam(Optimizer):
+    """Adam (Kingma and Ba 2015); weight_decay adds an L2 term to the gradient."""
+
+    name = "adam"
+    decoupled = False
+
+    def __init__(
+        self,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay=0.0,
+    ):
+        self.b1 = _check("beta1", betas[0], 0.0, 1.0)
+        self.b2 = _check("beta2", betas[1], 0.0, 1.0)
+        self.eps = _check("eps", eps, 0.0)
+        self.weight_decay = _check("weight decay", weight_decay, 0.0)
+
+    def init(self, params: Params) -> State:
+        return {
+            "step": 0,
+            "m": {k: torch.zeros_like(p) for k, p in params.items()},
+            "v": {k: torch.zeros_like(p) for k, p in params.items()},
+        }
+
+    def update(self, params: Params, updates: Params, state: State, lr: float) -> None:
+        state["step"] += 1
+        t = state["step"]
+        bias1, bias2 = 1 - self.b1**t, 1 - self.b2**t
+        for name, p in params.items():
+            g = updates[name]
+            if self.weight_decay and self.decoupled:
+                p.mul_(1 - lr * self.weight_decay)
+            elif self.weight_decay:
+                g = g.add(p, alpha=self.weight_decay)
+            m, v = state["m"][name], state["v"][name]
+            m.lerp_(g, 1 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+            denom = (v.sqrt() / math.sqrt(bias2)).add_(self.eps)
+            p.addcdiv_(m, denom, value=-lr / bias1)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter 2019)."""
+
+    name = "adamw"
+    decoupled = True
+
+    def __init__(self, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01):
+        super().__init__(betas, eps, weight_decay)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {o.name: o for o in (SGD, Adam, AdamW)}
+
+
+def optimizer(name: str, **settings: Any) -> Optimizer:
+    if name not in OPTIMIZERS:
+        raise UnknownNameError("optimizer", name, OPTIMIZERS)
+    return OPTIMIZERS[name](**settings)
+
+
+# ---- learning-rate schedules: the rate for a given step --------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    """lr at step t of a run of `total_steps` steps, `steps_per_epoch` to an epoch."""
+
+    kind: str
+    lr: float
+    steps_per_epoch: int
+    total_steps: int
+    step_epochs: int = 10  # "step": multiply by gamma every this many epochs
+    gamma: float = 0.1
+    min_lr: float = 0.0  # "cosine": the rate reached at the last step
+    warmup_epochs: float = 0.0  # linear warm-up from 0, for any kind
+
+    def __post_init__(self):
+        if self.kind not in SCHEDULES:
+            raise UnknownNameError("schedule", self.kind, SCHEDULES)
+        _check("learning rate", self.lr, 0.0)
+        if self.step_epochs < 1:
+            raise UsageError(f"the step schedule needs step_epochs >= 1, got {self.step_epochs}")
+
+    def __call__(self, t: int) -> float:
+        warmup = self.warmup_epochs * self.steps_per_epoch
+        if t < warmup:
+            return self.lr * (t + 1) / warmup
+        if self.kind == "constant":
+            return self.lr
+        if self.kind == "step":
+            return self.lr * self.gamma ** (t // (self.step_epochs * self.steps_per_epoch))
+        progress = (t - warmup) / max(1.0, self.total_steps - warmup)
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+SCHEDULES = ("constant", "step", "cosine")

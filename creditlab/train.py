@@ -1,0 +1,425 @@
+"""The training loop: batches in, updates out, history and checkpoints along the way.
+
+Data flows one way: the dataset gives batches, the network runs forward, the rule turns the
+batch into updates, the optimiser applies them. After every epoch the loop evaluates on the
+validation split, keeps the parameters of the best validation epoch (the test set is only
+reported, for that model, never selected on) and writes a checkpoint atomically. Resuming
+restores everything that decides the rest of the run (parameters, optimiser and rule state,
+random generators, history), so a resumed run on the CPU ends with exactly the weights of an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from creditlab import checkpoint
+from creditlab.activations import activation as lookup_activation
+from creditlab.data import Dataset, load_dataset
+from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
+from creditlab.losses import loss as lookup_loss
+from creditlab.models import build_model
+from creditlab.network import Network, resolve_device, resolve_dtype
+from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
+from creditlab.rules import Rule, rule
+
+Tensor = torch.Tensor
+
+# Fields that may change between a run and its resumption without changing its course.
+FREE_ON_RESUME = ("data_dir", "device")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a run; written to config.json and checked on --resume."""
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    val_size: int | None = None
+    train_subset: int | None = None  # use only the first n training examples
+    model: str = "mlp:256-256"
+    activation: str = "relu"
+    loss: str = "cross_entropy"
+    init: str | None = None
+    dropout: float = 0.0
+    rule: str = "bp"
+    rule_opts: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    epochs: int = 20
+    batch_size: int = 32
+    patience: int | None = None  # stop after this many epochs without a better val accuracy
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if self.patience is not None and self.patience < 1:
+            raise UsageError(f"patience must be a positive integer, got {self.patience}")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            raise UsageError(f"lr must be a finite number >= 0, got {self.lr}")
+        resolve_dtype(self.dtype)
+        self.betas = tuple(self.betas)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The fields whose values differ, ignoring those free to change on resume.
+
+    The number of epochs may change (to train on) unless a cosine schedule depends on it.
+    """
+    free = set(FREE_ON_RESUME)
+    if saved.get("schedule") != "cosine" and current.get("schedule") != "cosine":
+        free.add("epochs")
+    keys = (set(saved) | set(current)) - free
+    return sorted(
+        f"{k} (checkpoint {saved.get(k)!r}, now {current.get(k)!r})"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    )
+
+
+def make_optimizer(config: TrainConfig) -> Optimizer:
+    if config.optimizer == "sgd":
+        return SGD(config.momentum, config.nesterov, config.weight_decay)
+    if config.optimizer in ("adam", "adamw"):
+        return optimizer(config.optimizer, betas=config.betas, weight_decay=config.weight_decay)
+    return optimizer(config.optimizer)  # raises, listing the valid names
+
+
+def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> Tensor:
+    """The order of the training examples in an epoch: a function of (seed, epoch) alone, so a
+    resumed run and every rule in a comparison see the same batches."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).to(device)
+
+
+def targets_for(net: Network, labels: Tensor, n_classes: int) -> Tensor:
+    """Class labels for cross_entropy; one-hot rows for losses that want output-shaped targets."""
+    if net.loss_fn.classification:
+        return labels
+    return torch.nn.functional.one_hot(labels, n_classes).to(net.dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    net: Network, learner: Rule, x: Tensor, y: Tensor, n_classes: int, chunk: int = 8192
+) -> tuple[float, float]:
+    """Mean loss and accuracy on (x, y), in chunks to bound memory."""
+    total_loss, correct = 0.0, 0
+    for a in range(0, x.shape[0], chunk):
+        xb, yb = x[a : a + chunk], y[a : a + chunk]
+        out = net.predict(xb)
+        total_loss += float(net.loss_fn.per_example(out, targets_for(net, yb, n_classes)).sum())
+        scores = learner.predict(net, xb) if learner.own_readout else out
+        correct += int((scores.argmax(dim=1) == yb).sum())
+    n = max(1, x.shape[0])
+    return total_loss / n, correct / n
+
+
+class Trainer:
+    """Runs one configuration: builds everything from the config, trains, reports."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out_dir: str | Path | None = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+        data: Dataset | None = None,
+    ):
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.progress, self.log = progress, log
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype)
+        # Every name is looked up before the data loads, so a typo fails at once.
+        self.rule = rule(config.rule, **config.rule_opts)
+        lookup_activation(config.activation)
+        lookup_loss(config.loss)
+        self.opt = make_optimizer(config)
+        if config.schedule not in SCHEDULES:
+            raise UnknownNameError("schedule", config.schedule, SCHEDULES)
+        if data is None:
+            data = load_dataset(config.dataset, config.data_dir, config.val_size, progress)
+        if config.train_subset:
+            data = data.subset(n_train=config.train_subset)
+        self.data = data.to(self.device, self.dtype)
+        self.net = build_model(
+            config.model,
+            self.data.input_size,
+            self.data.n_classes,
+            config.activation,
+            config.loss,
+            self.dtype,
+            self.device,
+            config.seed,
+            config.dropout,
+            config.init,
+        )
+        if self.net.output_size != self.data.n_classes:
+            raise GraphError(
+                f"output group {self.net.output_name!r} has {self.net.output_size} units; "
+                f"{config.dataset} has {self.data.n_classes} classes"
+            )
+        self.params = self.net.parameters()
+        self.opt_state = self.opt.init(self.params)
+        self.steps_per_epoch = math.ceil(self.data.train_x.shape[0] / config.batch_size)
+        self.schedule = Schedule(
+            config.schedule,
+            config.lr,
+            self.steps_per_epoch,
+            self.steps_per_epoch * config.epochs,
+            config.step_epochs,
+            config.gamma,
+            config.min_lr,
+            config.warmup_epochs,
+        )
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"epoch": 0, "val_accuracy": -1.0}
+        self.best_params = self.net.copy_parameters()
+        self.epoch = 0  # epochs finished
+
+    # ---- checkpoints ----------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return self.out_dir / "checkpoint.pt" if self.out_dir else None
+
+    def save_checkpoint(self) -> None:
+        checkpoint.save(
+            self.checkpoint_path,
+            {
+                "config": self.config.to_dict(),
+                "epoch": self.epoch,
+                "params": self.net.copy_parameters(),
+                "best_params": self.best_params,
+                "best": dict(self.best),
+                "optimizer": self.opt_state,
+                "rule": self.rule.state_dict(),
+                "rng": self.net.rng.get_state(),
+                "history": self.history,
+            },
+        )
+
+    def restore(self) -> bool:
+        """Continue from the checkpoint in out_dir; False when there is none yet."""
+        path = self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        state = checkpoint.load(path, map_location=self.device)
+        differ = differing_fields(state["config"], self.config.to_dict())
+        if differ:
+            raise UsageError(
+                f"cannot resume {path}: it was made with another configuration; differing "
+                f"fields: {'; '.join(differ)}"
+            )
+        self.net.load_parameters(state["params"])
+        self.best_params = {k: v.to(self.device) for k, v in state["best_params"].items()}
+        self.best = state["best"]
+        self.opt_state = _to_device(state["optimizer"], self.device)
+        self.rule.load_state_dict(_to_device(state["rule"], self.device))
+        self.net.rng.set_state(state["rng"])
+        self.history = state["history"]
+        self.epoch = state["epoch"]
+        return True
+
+    # ---- the loop -------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        config = self.config
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_json(self.out_dir / "config.json", self.config_record())
+        while self.epoch < config.epochs and not self._patience_ran_out():
+            try:
+                record = self.train_epoch(self.epoch + 1)
+            except TrainingError as err:
+                self._write_results(status="diverged", message=str(err))
+                raise
+            self.epoch += 1
+            self.history.append(record)
+            if record["val_accuracy"] > self.best["val_accuracy"]:
+                self.best = {
+                    "epoch": self.epoch,
+                    "val_accuracy": record["val_accuracy"],
+                }
+                self.best_params = self.net.copy_parameters()
+            if self.out_dir:
+                self.save_checkpoint()
+        return self._write_results(status="finished")
+
+    def _patience_ran_out(self) -> bool:
+        patience = self.config.patience
+        return patience is not None and self.epoch - self.best["epoch"] >= patience
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        config, data, net = self.config, self.data, self.net
+        n = data.train_x.shape[0]
+        # Losses stay on the device and are checked every few steps (a check on CUDA waits for
+        # the GPU); every loss is recorded, so the message still names the first bad step.
+        check_every = 25
+        self._sync()
+        start = time.perf_counter()
+        order = epoch_permutation(config.seed, epoch, n, self.device)
+        xs, ys = data.train_x[order], data.train_y[order]
+        losses = torch.zeros(self.steps_per_epoch, device=self.device)
+        recorded = 0  # steps whose rule reported a batch loss (gradient-free rules may not)
+        metric_sums: dict[str, float] = {}
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="batch",
+            disable=not self.progress,
+            leave=True,
+            dynamic_ncols=True,
+        )
+        checked = 0
+        for step in range(self.steps_per_epoch):
+            a = step * config.batch_size
+            xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
+            updates = self.rule.updates(net, xb, targets_for(net, yb, data.n_classes))
+            if self.rule.last_loss is not None:
+                losses[step] = self.rule.last_loss
+                recorded += 1
+            for key, value in self.rule.metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
+            if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
+                self._check_finite(losses, checked, step + 1, epoch)
+                checked = step + 1
+            lr = self.schedule((epoch - 1) * self.steps_per_epoch + step)
+            self.opt.update(self.params, updates, self.opt_state, lr)
+            if self.progress and (step % 20 == 0 or step + 1 == self.steps_per_epoch):
+                running = float(losses[: step + 1].sum()) / max(1, recorded)
+                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
+            bar.update(1)
+        self._sync()
+        seconds = time.perf_counter() - start
+        val_loss, val_acc = evaluate(net, self.rule, data.val_x, data.val_y, data.n_classes)
+        train_loss = float(losses.sum()) / recorded if recorded else math.nan
+        bar.set_postfix(loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
+        bar.close()
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "lr": lr,
+            "seconds": seconds,
+        }
+        record.update({k: v / self.steps_per_epoch for k, v in metric_sums.items()})
+        return record
+
+    def _check_finite(self, losses: Tensor, first: int, last: int, epoch: int) -> None:
+        window = losses[first:last]
+        bad = ~torch.isfinite(window)
+        if bool(bad.any()):
+            step = first + int(bad.nonzero()[0]) + 1
+            value = float(window[step - first - 1])
+            where = f"epoch {epoch}, step {step}"
+            kept = (
+                f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept"
+                if self.out_dir and self.epoch
+                else "no checkpoint was written"
+            )
+            raise TrainingError(
+                f"training stopped: the loss became {value} at {where}; {kept}. "
+                "Try a smaller learning rate."
+            )
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ---- results --------------------------------------------------------------------------
+    def config_record(self) -> dict[str, Any]:
+        record = self.config.to_dict()
+        record.update(
+            device_used=str(self.device),
+            rule_options=dict(self.rule.opts),
+            network=self.net.spec(),
+            n_parameters=sum(p.numel() for p in self.params.values()),
+        )
+        return record
+
+    def _write_results(self, status: str, message: str | None = None) -> dict[str, Any]:
+        current = self.net.copy_parameters()
+        self.net.load_parameters(self.best_params)
+        data = self.data
+        test_loss, test_acc = evaluate(
+            self.net, self.rule, data.test_x, data.test_y, data.n_classes
+        )
+        self.net.load_parameters(current)
+        results = {
+            "status": status,
+            "rule": self.config.rule,
+            "rule_options": dict(self.rule.opts),
+            "dataset": self.config.dataset,
+            "model": self.config.model,
+            "seed": self.config.seed,
+            "epochs": self.epoch,
+            "best_epoch": self.best["epoch"],
+            "test_accuracy": test_acc,
+            "test_error": 1.0 - test_acc,
+            "test_loss": test_loss,
+            "val_accuracy": self.best["val_accuracy"],
+            "seconds_per_epoch": [h["seconds"] for h in self.history],
+            "history": self.history,
+            "config": self.config_record(),
+        }
+        if message:
+            results["message"] = message
+        if self.out_dir:
+            checkpoint.write_json(self.out_dir / "results.json", results)
+            checkpoint.save(
+                self.out_dir / "best.pt",
+                {"params": self.best_params, "network": self.net.spec()},
+            )
+        return results
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    return value
+
+
+def train(config: TrainConfig, out_dir=None, resume=False, progress=True, log=print) -> dict:
+    """Build and run one configuration; with resume, continue from out_dir's checkpoint."""
+    trainer = Trainer(config, out_dir, progress, log)
+    if resume and not trainer.restore():
+        log(f"no checkpoint in {out_dir}; starting a new run")
+    return trainer.fit()

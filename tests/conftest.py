@@ -1,0 +1,45 @@
+"""Shared test set-up: real MNIST from ../shared/data, and never the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    value = os.environ.get("CREDITLAB_DATA")
+    if not value:
+        return ROOT.parent / "shared" / "data"
+    path = Path(value)
+    return path if path.is_absolute() else ROOT / path  # CI gives it relative to the root
+
+
+# Subprocesses (CLI tests) and in-process loaders both see an absolute path.
+os.environ["CREDITLAB_DATA"] = str(shared_data())
+os.environ["CREDITLAB_MNIST_MIRRORS"] = ""  # a test that needs a download fails, not fetches
+torch.set_flush_denormal(True)
+
+
+@pytest.fixture
+def digits():
+    from creditlab.data import load_dataset
+
+    return load_dataset("digits", progress=False)
+
+
+def make_dag(dtype=torch.float64, seed: int = 0, loss: str = "mse"):
+    """The issue's example network: x feeds a and b, a feeds b and c, b feeds c."""
+    import creditlab as cl
+
+    net = cl.Network(dtype=dtype, device="cpu", seed=seed)
+    x = net.input(4)
+    a = net.dense(x, 5, activation="tanh")
+    b = net.dense([x, a], 3, activation="sigmoid")
+    c = net.dense([a, b], 2 if loss != "cross_entropy" else 3, activation="identity")
+    net.output(c, loss=loss)
+    return net
