@@ -67,17 +67,28 @@ def backward_sweep(
     for j in reversed(net.order):
         if j in deltas or j == net.input_name or j in blocked:
             continue
-        incoming = None
-        for k in net.outs(j):
-            if k not in deltas:
-                continue
-            if incoming is None:
-                incoming = deltas[k] @ feedback(j, k)
-            else:
-                incoming.addmm_(deltas[k], feedback(j, k))
+        incoming = incoming_signal(net, deltas, j, feedback)
         if incoming is not None:
             deltas[j] = local_delta(net, trace, j, incoming)
     return deltas
+
+
+def incoming_signal(
+    net: Network, deltas: dict[str, Tensor], j: str, feedback: Feedback
+) -> Tensor | None:
+    """dE/dz_j as the groups above see it: sum over k in outs(j) of delta_k feedback(j, k).
+
+    Groups in outs(j) without a delta contribute nothing; None when none has one.
+    """
+    incoming = None
+    for k in net.outs(j):
+        if k not in deltas:
+            continue
+        if incoming is None:
+            incoming = deltas[k] @ feedback(j, k)
+        else:
+            incoming.addmm_(deltas[k], feedback(j, k))
+    return incoming
 
 
 def weight_updates(net: Network, trace: Trace, deltas: dict[str, Tensor]) -> dict[str, Tensor]:

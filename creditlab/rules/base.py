@@ -60,7 +60,15 @@ class Rule:
         """Scores per class for evaluation; rules with their own read-out override this."""
         return net.predict(x)
 
+    def feedback_matrices(self, net: Network) -> dict[str, Tensor]:
+        """For rules that carry errors back along other matrices than W^T: per weight name,
+        the matrix used in W_ij^T's place (shape (size_j, size_i)). The diagnostics report
+        the angle between it and W^T. Empty for rules without such matrices."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
+        """Everything the rule keeps between steps (tensors, numbers, generator states as
+        uint8 tensors), so that a resumed run continues exactly."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
