@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from creditlab import checkpoint
 from creditlab.activations import activation as lookup_activation
 from creditlab.data import Dataset, load_dataset
+from creditlab.diagnostics import probe
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
 from creditlab.losses import loss as lookup_loss
 from creditlab.models import build_model
@@ -67,6 +68,8 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
     patience: int | None = None  # stop after this many epochs without a better val accuracy
+    probe_every: int = 50  # steps between alignment probes (0: none)
+    probe_size: int = 256  # examples in the fixed probe batch (the first of the training set)
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -76,6 +79,10 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("probe_every", "probe_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"{name} must be an integer >= 0, got {value!r}")
         if self.patience is not None and self.patience < 1:
             raise UsageError(f"patience must be a positive integer, got {self.patience}")
         if not (self.lr >= 0 and math.isfinite(self.lr)):
@@ -206,6 +213,11 @@ class Trainer:
             config.min_lr,
             config.warmup_epochs,
         )
+        n_probe = min(config.probe_size, self.data.train_x.shape[0])
+        self.probe_batch = (
+            self.data.train_x[:n_probe],
+            targets_for(self.net, self.data.train_y[:n_probe], self.data.n_classes),
+        )
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] = {"epoch": 0, "val_accuracy": -1.0}
         self.best_params = self.net.copy_parameters()
@@ -304,6 +316,8 @@ class Trainer:
             dynamic_ncols=True,
         )
         checked = 0
+        probes: list[dict[str, Any]] = []
+        probe_seconds = 0.0
         for step in range(self.steps_per_epoch):
             a = step * config.batch_size
             xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
@@ -316,14 +330,21 @@ class Trainer:
             if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
                 self._check_finite(losses, checked, step + 1, epoch)
                 checked = step + 1
-            lr = self.schedule((epoch - 1) * self.steps_per_epoch + step)
+            global_step = (epoch - 1) * self.steps_per_epoch + step
+            lr = self.schedule(global_step)
             self.opt.update(self.params, updates, self.opt_state, lr)
+            if config.probe_every and (global_step + 1) % config.probe_every == 0:
+                self._sync()
+                probe_start = time.perf_counter()
+                probes.append({"step": global_step + 1, **probe(self.rule, net, *self.probe_batch)})
+                self._sync()
+                probe_seconds += time.perf_counter() - probe_start  # diagnostics, not training
             if self.progress and (step % 20 == 0 or step + 1 == self.steps_per_epoch):
                 running = float(losses[: step + 1].sum()) / max(1, recorded)
                 bar.set_postfix(loss=f"{running:.4f}", refresh=False)
             bar.update(1)
         self._sync()
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - probe_seconds
         val_loss, val_acc = evaluate(net, self.rule, data.val_x, data.val_y, data.n_classes)
         train_loss = float(losses.sum()) / recorded if recorded else math.nan
         bar.set_postfix(loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
@@ -337,6 +358,8 @@ class Trainer:
             "seconds": seconds,
         }
         record.update({k: v / self.steps_per_epoch for k, v in metric_sums.items()})
+        if probes:
+            record["alignment"] = probes
         return record
 
     def _check_finite(self, losses: Tensor, first: int, last: int, epoch: int) -> None:

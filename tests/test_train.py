@@ -162,3 +162,18 @@ def test_bad_config_values():
     for bad in (dict(epochs=0), dict(batch_size=-1), dict(lr=float("nan")), dict(dtype="int8")):
         with pytest.raises(UsageError):
             TrainConfig(**bad)
+
+
+def test_alignment_probes_are_recorded_and_do_not_change_the_run(tmp_path, digits):
+    probed = quiet(_config(epochs=2, probe_every=7), data=digits)
+    plain = quiet(_config(epochs=2, probe_every=0), data=digits)
+    results, reference = probed.fit(), plain.fit()
+    for name, p in plain.net.parameters().items():
+        assert torch.equal(p, probed.net.parameters()[name]), name
+    probes = results["history"][0]["alignment"]
+    assert [p["step"] for p in probes] == [7, 14]
+    assert "alignment" not in reference["history"][0]
+    for record in probes:  # bp against itself: the same direction
+        assert set(record["angle"]) == set(plain.net.parameters()) | {"all"}
+        assert all(a < 1e-3 for a in record["angle"].values())
+        assert record["cos"]["all"] == pytest.approx(1.0)
