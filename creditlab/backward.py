@@ -110,7 +110,7 @@ def weight_updates(net: Network, trace: Trace, deltas: dict[str, Tensor]) -> dic
             # z_i^T delta_j / N as one product: addmm's alpha scales inside the matrix product
             # (beta=0 ignores the placeholder), saving a pass over the (size_i, size_j) result.
             updates[weight_name(i, j)] = torch.addmm(
-                delta.new_zeros(()), trace.z[i].t(), delta, beta=0, alpha=inv_n
+                delta.new_zeros(()), trace.sent(i).t(), delta, beta=0, alpha=inv_n
             )
         updates[bias_name(j)] = delta.sum(dim=0).mul_(inv_n)
     return updates

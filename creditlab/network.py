@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -53,6 +53,12 @@ class Trace:
     # f(s_j) to give z_j, and f(s_j) itself, which the derivative f'(s_j) may need.
     gain: dict[str, Tensor] = field(default_factory=dict)
     undropped: dict[str, Tensor] = field(default_factory=dict)
+    # What each group sent to its readers, where a forward pass's `emit` changed it.
+    emitted: dict[str, Tensor] = field(default_factory=dict)
+
+    def sent(self, i: str) -> Tensor:
+        """The activity group i's readers received: emitted[i] if recorded, else z_i."""
+        return self.emitted.get(i, self.z[i])
 
 
 def weight_name(i: str, j: str) -> str:
@@ -359,19 +365,32 @@ class Network:
         return net
 
     # ---- forward --------------------------------------------------------------------------
-    def forward(self, x: Tensor, train: bool = False) -> Trace:
-        """Run the network on a batch, recording s and z for every group."""
+    def forward(
+        self,
+        x: Tensor,
+        train: bool = False,
+        emit: Callable[[str, Tensor], Tensor] | None = None,
+    ) -> Trace:
+        """Run the network on a batch, recording s and z for every group.
+
+        `train` applies dropout. `emit(j, z_j)`, when given, is what the groups reading hidden
+        group j receive in place of z_j (forward-forward passes length-normalised activities
+        upward); it is recorded in trace.emitted, and the backward sweep does not
+        differentiate through it.
+        """
         order = self.validate()
         self._check_input(x)
         s: dict[str, Tensor] = {}
         z: dict[str, Tensor] = {self.input_name: x}
         trace = Trace(s, z)
+        sent = z if emit is None else trace.emitted  # what each group's readers receive
+        sent[self.input_name] = x
         for j in order[1:]:
             group = self.groups[j]
             first, *rest = group.ins
-            s_j = torch.addmm(self.b[j], z[first], self.W[(first, j)])
+            s_j = torch.addmm(self.b[j], sent[first], self.W[(first, j)])
             for i in rest:
-                s_j.addmm_(z[i], self.W[(i, j)])
+                s_j.addmm_(sent[i], self.W[(i, j)])
             s[j] = s_j
             z[j] = group.act.f(s_j)
             if train and group.dropout > 0:
@@ -380,6 +399,8 @@ class Network:
                 trace.gain[j] = mask.to(self.dtype) / keep  # inverted dropout
                 trace.undropped[j] = z[j]
                 z[j] = z[j] * trace.gain[j]
+            if emit is not None:
+                sent[j] = z[j] if j == self.output_name else emit(j, z[j])
         return trace
 
     def _check_input(self, x: Tensor) -> None:

@@ -190,3 +190,18 @@ def test_bad_model_strings():
         build_model("cnn:3x3", 4, 2)
     with pytest.raises(UsageError, match="bad hidden sizes"):
         build_model("mlp:80-x", 4, 2)
+
+
+def test_emit_changes_what_readers_receive_and_weight_updates_use_it():
+    from creditlab.backward import weight_updates
+
+    net = make_dag()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    trace = net.forward(x, emit=lambda j, z: 2 * z)
+    assert torch.equal(trace.emitted["h1"], 2 * trace.z["h1"])
+    expected_s = x @ net.W[("input", "h2")] + 2 * trace.z["h1"] @ net.W[("h1", "h2")] + net.b["h2"]
+    torch.testing.assert_close(trace.s["h2"], expected_s)
+    assert "h3" not in trace.emitted or torch.equal(trace.emitted["h3"], trace.z["h3"])
+    delta = torch.ones(5, 3, dtype=torch.float64)
+    updates = weight_updates(net, trace, {"h2": delta})
+    torch.testing.assert_close(updates["W[h1->h2]"], (2 * trace.z["h1"]).T @ delta / 5)

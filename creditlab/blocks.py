@@ -1,0 +1,289 @@
+"""Block boundaries and synthetic error signals: the machinery of decoupled neural interfaces.
+
+Jaderberg et al. (2016) split a network into blocks. At a block boundary b (a hidden group, the
+top of the block below) a small model M_b, the synthesizer, predicts the error signal that will
+arrive at b's output from above, dE/dz_b, from what b has just emitted (z_b, and for the
+conditioned variant the target as well). The block below updates with the prediction at once,
+without waiting for the blocks above; M_b is trained toward the signal that does arrive, which
+is itself built on the synthetic signals of the boundaries above (bootstrapping), except for the
+topmost block, whose signal comes from the loss.
+
+In the derivation's notation, with groups visited in reverse topological order:
+    output group o:         delta_o = f_o'(s_o) * dE/dz_o                     (the true loss)
+    boundary group b:       delta_b = f_b'(s_b) * M_b(u_b),  u_b = z_b or [z_b, c]
+                            target_b = sum over k in outs(b) of delta_k W_bk^T  (what arrives)
+    any other group j:      delta_j = f_j'(s_j) * sum over k in outs(j) of delta_k W_jk^T
+So in a DAG every group forms its delta from the deltas of the groups it feeds, whatever they
+are; a boundary's delta is synthetic-based, and a group below a boundary that also feeds a group
+above it directly (a skip connection) receives both the boundary's synthetic-based delta and the
+group above's delta, as the sum over its outs. Deltas are per example, so M_b predicts the
+per-example dE/dz_b; weight_updates divides by the batch size once.
+
+Synthesizer loss at b: L_b = 0.5 * mean over the batch of ||M_b(u_b) - target_b||^2, minimised
+with explicit gradients by one of creditlab's optimisers. Two kinds:
+    linear: M(u) = u A + c                     (A, c zero)
+    mlp:    M(u) = relu(u A1 + c1) A2 + c2     (A1 He-random, c1, A2, c2 zero)
+Both start by predicting 0, as in the paper, so at first the blocks below a boundary stand still
+while the synthesizers learn what to say.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from creditlab.backward import incoming_signal, local_delta, output_delta, transpose_feedback
+from creditlab.errors import UsageError
+from creditlab.network import Network, Trace
+from creditlab.optim import SGD, Adam, Optimizer
+
+Tensor = torch.Tensor
+SYNTH_KINDS = ("linear", "mlp")
+SYNTH_OPTIMIZERS = ("adam", "sgd")
+# An oracle gives the signal to use at boundary b in place of the synthesizer's prediction:
+# oracle(net, trace, y, b) -> (N, size_b). For tests (an oracle that returns the true dE/dz_b
+# turns the rule into backpropagation) and for studies of what a perfect synthesizer would do.
+Oracle = Callable[[Network, Trace, Tensor, str], Tensor]
+
+
+def resolve_boundaries(net: Network, names: Sequence[str], rule: str) -> list[str]:
+    """The boundary groups in topological order; every hidden group when `names` is empty.
+
+    Only hidden groups can end a block: the output already receives the true error signal, and
+    the input has no weights below it to update.
+    """
+    hidden = net.hidden
+    if not names:
+        return list(hidden)
+    bad = [b for b in names if b not in hidden]
+    if bad:
+        what = "is not a hidden group" if len(bad) == 1 else "are not hidden groups"
+        raise UsageError(
+            f"block boundary {', '.join(map(repr, bad))} of rule {rule!r} {what} of this "
+            f"network; valid groups: {', '.join(hidden) or 'none (the network has no hidden group)'}"
+        )
+    chosen = set(names)
+    return [j for j in hidden if j in chosen]
+
+
+def synthetic_sweep(
+    net: Network,
+    trace: Trace,
+    y: Tensor,
+    boundaries: Sequence[str],
+    synthetic: Callable[[str], Tensor],
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The backward sweep with the signal at each boundary b replaced by synthetic(b).
+
+    Returns the deltas of every non-input group and, per boundary, the signal that arrived
+    there from above (the synthesizer's target).
+    """
+    feedback = transpose_feedback(net)
+    deltas = {net.output_name: output_delta(net, trace, y)}
+    arriving: dict[str, Tensor] = {}
+    cut = set(boundaries)
+    for j in reversed(net.order):
+        if j in deltas or j == net.input_name:
+            continue
+        # Every group but the output feeds some group above it, and every group above has a
+        # delta by now (reverse topological order), so a signal always arrives.
+        incoming = incoming_signal(net, deltas, j, feedback)
+        if j in cut:
+            arriving[j] = incoming
+            incoming = synthetic(j)
+        deltas[j] = local_delta(net, trace, j, incoming)
+    return deltas, arriving
+
+
+def condition(net: Network, y: Tensor) -> Tensor:
+    """What a conditioned synthesizer reads beside z_b: the one-hot label for class labels,
+    the target itself for losses with output-shaped targets (mse, bce)."""
+    if y.dim() == 1:
+        return torch.nn.functional.one_hot(y, net.output_size).to(net.dtype)
+    return y.to(net.dtype)
+
+
+class Synthesizer:
+    """M_b for one boundary b. Its parameters live in a shared flat dict `theta` (names like
+    "A[h1]"), so that one optimiser state and one state_dict hold every synthesizer."""
+
+    def __init__(self, b: str, kind: str):
+        if kind not in SYNTH_KINDS:
+            raise UsageError(f"unknown synthesizer {kind!r}; valid: {', '.join(SYNTH_KINDS)}")
+        self.b, self.kind = b, kind
+
+    def key(self, part: str) -> str:
+        return f"{part}[{self.b}]"
+
+    def init(
+        self, n_in: int, n_out: int, hidden: int, seed: int, dtype: torch.dtype, device
+    ) -> dict[str, Tensor]:
+        """Fresh parameters whose prediction is 0 for every input."""
+
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        if self.kind == "linear":
+            return {self.key("A"): zeros(n_in, n_out), self.key("c"): zeros(n_out)}
+        # A1 is drawn on the CPU in float64 from a generator seeded by the net's seed and b's
+        # name, so a seed gives the same synthesizer on every device and in every dtype.
+        rng = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(self.b.encode()) + 17)
+        a1 = torch.randn(n_in, hidden, generator=rng, dtype=torch.float64) * math.sqrt(2.0 / n_in)
+        return {
+            self.key("A1"): a1.to(device, dtype),
+            self.key("c1"): zeros(hidden),
+            self.key("A2"): zeros(hidden, n_out),
+            self.key("c2"): zeros(n_out),
+        }
+
+    def predict(self, theta: dict[str, Tensor], u: Tensor) -> tuple[Tensor, Tensor | None]:
+        """M_b(u), and the hidden activations the gradient needs (None for linear)."""
+        if self.kind == "linear":
+            return torch.addmm(theta[self.key("c")], u, theta[self.key("A")]), None
+        h = torch.addmm(theta[self.key("c1")], u, theta[self.key("A1")]).clamp_min_(0)
+        return torch.addmm(theta[self.key("c2")], h, theta[self.key("A2")]), h
+
+    def gradients(
+        self, theta: dict[str, Tensor], u: Tensor, h: Tensor | None, error: Tensor
+    ) -> dict[str, Tensor]:
+        """dL_b/dparam for L_b = 0.5 mean_n ||M(u_n) - target_n||^2, given error = M(u) - target.
+
+        With G = error / N (dL_b/dM): linear dA = u^T G, dc = sum_n G; mlp dA2 = h^T G,
+        dc2 = sum_n G, dH = (G A2^T) * [h > 0], dA1 = u^T dH, dc1 = sum_n dH.
+        """
+        g = error / error.shape[0]
+        if self.kind == "linear":
+            return {self.key("A"): u.t() @ g, self.key("c"): g.sum(dim=0)}
+        dh = (g @ theta[self.key("A2")].t()).mul_(h.sign())  # relu' = 1 where h > 0
+        return {
+            self.key("A1"): u.t() @ dh,
+            self.key("c1"): dh.sum(dim=0),
+            self.key("A2"): h.t() @ g,
+            self.key("c2"): g.sum(dim=0),
+        }
+
+
+def synth_optimizer(name: str, momentum: float) -> Optimizer:
+    if name == "adam":
+        return Adam()
+    if name == "sgd":
+        return SGD(momentum=momentum)
+    raise UsageError(f"unknown synthesizer optimizer {name!r}; valid: {', '.join(SYNTH_OPTIMIZERS)}")
+
+
+class SyntheticGradients:
+    """Everything a synthetic-gradient rule keeps and does: one synthesizer per boundary, their
+    parameters and optimiser state, and the step that turns a batch into weight updates.
+
+    Created without a network; the boundaries and parameters are set up lazily on the first
+    step (load_state_dict may come before it).
+    """
+
+    def __init__(
+        self,
+        rule: str,
+        boundaries: Sequence[str],
+        kind: str,
+        hidden: int,
+        lr: float,
+        optimizer: str,
+        momentum: float = 0.9,
+        conditioned: bool = False,
+    ):
+        if isinstance(hidden, bool) or hidden < 1:
+            raise UsageError(f"option {rule}.hidden must be a positive integer, got {hidden!r}")
+        if not (lr >= 0 and math.isfinite(lr)):
+            raise UsageError(f"option {rule}.synth_lr must be a finite number >= 0, got {lr!r}")
+        self.rule, self.names, self.kind, self.hidden = rule, tuple(boundaries), kind, hidden
+        self.lr, self.conditioned = lr, conditioned
+        self.opt = synth_optimizer(optimizer, momentum)
+        self.boundaries: list[str] | None = None
+        self.synths: dict[str, Synthesizer] = {}
+        self.theta: dict[str, Tensor] | None = None
+        self.opt_state: dict[str, Any] | None = None
+        self.oracle: Oracle | None = None
+
+    # ---- set-up -----------------------------------------------------------------------------
+    def setup(self, net: Network) -> None:
+        self.boundaries = resolve_boundaries(net, self.names, self.rule)
+        self.synths = {b: Synthesizer(b, self.kind) for b in self.boundaries}
+        extra = net.output_size if self.conditioned else 0
+        fresh: dict[str, Tensor] = {}
+        for b, m in self.synths.items():
+            size = net.groups[b].size
+            fresh.update(m.init(size + extra, size, self.hidden, net.seed, net.dtype, net.device))
+        if self.theta is None:  # a new run; a resumed one brought its parameters already
+            self.theta, self.opt_state = fresh, self.opt.init(fresh)
+            return
+        bad = sorted(
+            k
+            for k in set(fresh) | set(self.theta)
+            if k not in fresh or k not in self.theta or fresh[k].shape != self.theta[k].shape
+        )
+        if bad:
+            raise UsageError(
+                f"the saved state of rule {self.rule!r} does not fit this network and these "
+                f"options: synthesizer parameters {', '.join(bad)} differ"
+            )
+
+    # ---- one step ---------------------------------------------------------------------------
+    def step(self, net: Network, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor, dict]:
+        """Deltas for the batch, with the synthesizers trained one step toward what arrived.
+
+        Returns (deltas, trace, metrics); the caller turns deltas into weight updates.
+        """
+        if self.boundaries is None:
+            self.setup(net)
+        trace = net.forward(x, train=True)
+        c = condition(net, y) if self.conditioned else None
+        inputs: dict[str, Tensor] = {}
+        predictions: dict[str, tuple[Tensor, Tensor | None]] = {}
+
+        used: dict[str, Tensor] = {}  # the signal each boundary sent down
+
+        def synthetic(b: str) -> Tensor:
+            if self.oracle is not None:
+                used[b] = self.oracle(net, trace, y, b)
+            else:
+                u = trace.z[b] if c is None else torch.cat([trace.z[b], c], dim=1)
+                inputs[b] = u
+                predictions[b] = self.synths[b].predict(self.theta, u)
+                used[b] = predictions[b][0]
+            return used[b]
+
+        deltas, arriving = synthetic_sweep(net, trace, y, self.boundaries, synthetic)
+        metrics: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}
+        for b in self.boundaries:
+            error = used[b] - arriving[b]
+            metrics[f"synth_loss/{b}"] = 0.5 * error.pow(2).sum() / error.shape[0]
+            if self.oracle is None:
+                u, (_, h) = inputs[b], predictions[b]
+                grads.update(self.synths[b].gradients(self.theta, u, h, error))
+        if self.boundaries:
+            metrics["synth_loss"] = sum(metrics.values()) / len(self.boundaries)
+        if grads:
+            self.opt.update(self.theta, grads, self.opt_state, self.lr)
+        return deltas, trace, metrics
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.theta is None:
+            return {}
+        return {"theta": dict(self.theta), "optimizer": self.opt_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if set(state) != {"theta", "optimizer"}:
+            raise UsageError(
+                f"not a state of rule {self.rule!r}: expected keys theta, optimizer, "
+                f"got {', '.join(sorted(state))}"
+            )
+        self.theta = {k: v.clone() for k, v in state["theta"].items()}
+        self.opt_state = state["optimizer"]
+        self.boundaries = None  # checked against the network on the next step
