@@ -62,9 +62,10 @@ def resolve_boundaries(net: Network, names: Sequence[str], rule: str) -> list[st
     bad = [b for b in names if b not in hidden]
     if bad:
         what = "is not a hidden group" if len(bad) == 1 else "are not hidden groups"
+        valid = ", ".join(hidden) or "none (the network has no hidden group)"
         raise UsageError(
             f"block boundary {', '.join(map(repr, bad))} of rule {rule!r} {what} of this "
-            f"network; valid groups: {', '.join(hidden) or 'none (the network has no hidden group)'}"
+            f"network; valid groups: {valid}"
         )
     chosen = set(names)
     return [j for j in hidden if j in chosen]
@@ -172,7 +173,9 @@ def synth_optimizer(name: str, momentum: float) -> Optimizer:
         return Adam()
     if name == "sgd":
         return SGD(momentum=momentum)
-    raise UsageError(f"unknown synthesizer optimizer {name!r}; valid: {', '.join(SYNTH_OPTIMIZERS)}")
+    raise UsageError(
+        f"unknown synthesizer optimizer {name!r}; valid: {', '.join(SYNTH_OPTIMIZERS)}"
+    )
 
 
 class SyntheticGradients:
@@ -231,7 +234,7 @@ class SyntheticGradients:
             )
 
     # ---- one step ---------------------------------------------------------------------------
-    def step(self, net: Network, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Tensor, dict]:
+    def step(self, net: Network, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Trace, dict]:
         """Deltas for the batch, with the synthesizers trained one step toward what arrived.
 
         Returns (deltas, trace, metrics); the caller turns deltas into weight updates.
@@ -242,7 +245,6 @@ class SyntheticGradients:
         c = condition(net, y) if self.conditioned else None
         inputs: dict[str, Tensor] = {}
         predictions: dict[str, tuple[Tensor, Tensor | None]] = {}
-
         used: dict[str, Tensor] = {}  # the signal each boundary sent down
 
         def synthetic(b: str) -> Tensor:

@@ -117,3 +117,25 @@ def test_gradcheck_command_fails_on_a_wrong_derivative(monkeypatch, capsys):
     out = capsys.readouterr()
     assert code == 1
     assert "MISMATCH" in out.out and "gradcheck FAILED" in out.err
+
+
+def test_local_updates_equal_autograd_of_a_per_group_loss():
+    from creditlab.local import local_updates, squared_error
+
+    net = make_dag()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    trace = net.forward(x)
+    target = torch.randn(6, 3, dtype=torch.float64)
+    loss, dz = squared_error(trace.z["h2"], target)
+    updates = local_updates(net, trace, {"h2": dz})
+    # autograd: only h2's own weights, with its inputs held fixed
+    w_x = net.W[("input", "h2")].clone().requires_grad_(True)
+    w_a = net.W[("h1", "h2")].clone().requires_grad_(True)
+    b = net.b["h2"].clone().requires_grad_(True)
+    z = torch.sigmoid(x @ w_x + trace.z["h1"] @ w_a + b)
+    ref = 0.5 * ((z - target) ** 2).sum(1).mean()
+    grads = torch.autograd.grad(ref, [w_x, w_a, b])
+    assert float(loss) == pytest.approx(float(ref.detach()))
+    for name, g in zip(["W[input->h2]", "W[h1->h2]", "b[h2]"], grads, strict=True):
+        torch.testing.assert_close(updates[name], g)
+    assert not updates["W[input->h1]"].any()

@@ -37,7 +37,7 @@ def test_test_accuracy_is_reported_for_the_best_validation_epoch(tmp_path, digit
     assert results["val_accuracy"] == best["val_accuracy"]
     saved = checkpoint.load(tmp_path / "best.pt")["params"]
     trainer.net.load_parameters(saved)
-    accuracy = (trainer.net.predict(trainer.data.test_x).argmax(1) == trainer.data.test_y)
+    accuracy = trainer.net.predict(trainer.data.test_x).argmax(1) == trainer.data.test_y
     assert results["test_accuracy"] == pytest.approx(accuracy.float().mean().item())
 
 
@@ -52,7 +52,9 @@ def _config(**changes):
     return TrainConfig(**base)
 
 
-def test_resume_ends_with_exactly_the_weights_of_an_uninterrupted_run(tmp_path, digits, monkeypatch):
+def test_resume_ends_with_exactly_the_weights_of_an_uninterrupted_run(
+    tmp_path, digits, monkeypatch
+):
     straight = quiet(_config(), tmp_path / "a", data=digits)
     expected = straight.fit()
 

@@ -1,0 +1,221 @@
+"""Feedback matrices: the machinery shared by feedback alignment and its relatives.
+
+These rules keep backpropagation's forward pass and its output error delta_o = dE/ds_o, and
+change only the way errors travel down: a matrix B_jk of W_jk^T's shape (size_k, size_j) carries
+delta_k back to group j, so delta_j = f_j'(s_j) * sum over k in outs(j) of delta_k B_jk.
+
+- fa (Lillicrap et al. 2016): B_jk random, drawn once and never trained;
+- usf, brsf, frsf (Liao, Leibo and Poggio 2016): B_jk = M_jk o sign(W_jk)^T, sign-concordant
+  with the current forward weights, with magnitudes M all ones (usf), redrawn every batch (brsf)
+  or drawn once (frsf);
+- dfa (Nokland 2016) sends delta_o straight to every hidden group through one B_j per group.
+
+Only connections out of a hidden group carry a signal: the input group receives no delta, so
+W[input->j] has no feedback matrix. Random matrices come from CPU generators seeded by the
+network's seed and the matrix's name (as the network draws its weights), so a seed gives the
+same matrices on any device, in any dtype, whatever order the groups were built in.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable
+
+import torch
+
+from creditlab.backward import backward_sweep, output_delta, weight_updates
+from creditlab.errors import UsageError
+from creditlab.network import Network, weight_name
+from creditlab.rules.base import Option, Rule
+
+Tensor = torch.Tensor
+DISTRIBUTIONS = ("uniform", "normal")
+
+SCALE_HELP = "multiplies the feedback's scale (see the rule's description)"
+
+
+def scale_option(default: float = 1.0) -> Option:
+    return Option(float, default, SCALE_HELP)
+
+
+def distribution_option() -> Option:
+    return Option(
+        str,
+        "uniform",
+        "distribution of the random feedback entries (its standard deviation is fixed by "
+        "`scale` and the forward initialisation)",
+        DISTRIBUTIONS,
+    )
+
+
+def positive(rule: Rule, key: str) -> float:
+    """The option `key` of `rule`, checked to be a finite number above zero."""
+    value = rule.opts[key]
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"option {rule.name}.{key} must be a finite number > 0, got {value!r}")
+    return value
+
+
+def seed_for(net: Network, salt: str, key: str) -> int:
+    """A seed for the matrix `key` of a rule (`salt`), derived from the network's seed."""
+    return net.seed * 1_000_003 + zlib.crc32(f"{salt}/{key}".encode())
+
+
+def init_std(net: Network, j: str) -> float:
+    """The standard deviation of group j's initial incoming weights W_ij.
+
+    As Network._initialise draws them: Glorot uniform over the whole fan-in, bound
+    sqrt(6 / (fan_in + size_j)), so std sqrt(2 / (fan_in + size_j)); or He normal,
+    std sqrt(2 / fan_in).
+    """
+    group = net.groups[j]
+    fan_in = sum(net.groups[i].size for i in group.ins)
+    if group.init == "glorot":
+        return math.sqrt(2.0 / (fan_in + group.size))
+    return math.sqrt(2.0 / fan_in)
+
+
+def random_matrix(
+    net: Network, shape: tuple[int, int], std: float, distribution: str, seed: int
+) -> Tensor:
+    """A matrix of independent entries with mean 0 and standard deviation `std`."""
+    generator = torch.Generator().manual_seed(seed)
+    if distribution == "uniform":  # uniform on [-a, a] has std a / sqrt(3)
+        m = torch.rand(shape, generator=generator, dtype=torch.float64).mul_(2).sub_(1)
+        m.mul_(std * math.sqrt(3.0))
+    else:
+        m = torch.randn(shape, generator=generator, dtype=torch.float64).mul_(std)
+    return m.to(net.device, net.dtype)
+
+
+def feedback_connections(net: Network) -> list[tuple[str, str]]:
+    """The connections (i, j) whose feedback carries a signal: i is not the input group."""
+    return [(i, j) for j in net.order for i in net.groups[j].ins if i != net.input_name]
+
+
+def transposed_shape(net: Network, i: str, j: str) -> tuple[int, int]:
+    """W_ij^T's shape (size_j, size_i): the shape of the matrix in its place."""
+    return (net.groups[j].size, net.groups[i].size)
+
+
+class FixedMatrices:
+    """Named matrices drawn once for a network, lazily, and kept in the rule's state.
+
+    `shapes(net)` names the matrices and their shapes; `draw(net, key, shape)` draws one. A
+    state loaded before the first use (a resumed run) replaces the draw; its names and shapes
+    are checked against the network then.
+    """
+
+    def __init__(
+        self,
+        rule: str,
+        shapes: Callable[[Network], dict[str, tuple[int, int]]],
+        draw: Callable[[Network, str, tuple[int, int]], Tensor],
+    ):
+        self.rule, self.shapes, self.draw = rule, shapes, draw
+        self.matrices: dict[str, Tensor] | None = None
+        self.net: Network | None = None  # the network the matrices are bound to
+        self.loaded: dict[str, Tensor] | None = None
+
+    def get(self, net: Network) -> dict[str, Tensor]:
+        if net is not self.net:
+            self._bind(net)
+        return self.matrices
+
+    def _bind(self, net: Network) -> None:
+        shapes = self.shapes(net)
+        given = self.loaded if self.loaded is not None else self.matrices
+        if given is None:
+            self.matrices = {key: self.draw(net, key, shape) for key, shape in shapes.items()}
+        else:
+            check_matrices(self.rule, given, shapes)
+            self.matrices = {k: given[k].to(net.device, net.dtype) for k in shapes}
+        self.net, self.loaded = net, None
+
+    def state_dict(self) -> dict[str, Tensor]:
+        given = self.loaded if self.loaded is not None else self.matrices
+        return {k: v.clone() for k, v in (given or {}).items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+            raise UsageError(f"rule {self.rule!r}: a state of named matrices was expected")
+        self.loaded = dict(state)
+        self.net = None  # bind again, to the loaded matrices, on the next use
+
+
+def check_matrices(rule: str, given: dict[str, Tensor], shapes: dict[str, tuple]) -> None:
+    missing, unknown = sorted(set(shapes) - set(given)), sorted(set(given) - set(shapes))
+    if missing or unknown:
+        raise UsageError(
+            f"rule {rule!r}: the feedback matrices do not match the network: missing "
+            f"{missing}, unknown {unknown}"
+        )
+    for key, shape in shapes.items():
+        if tuple(given[key].shape) != tuple(shape):
+            raise UsageError(
+                f"rule {rule!r}: feedback matrix {key} has shape {tuple(given[key].shape)}, "
+                f"the network needs {tuple(shape)}"
+            )
+
+
+def connection_shapes(net: Network) -> dict[str, tuple[int, int]]:
+    """Per weight name W[i->j] with a feedback path, the shape of W_ij^T."""
+    return {weight_name(i, j): transposed_shape(net, i, j) for i, j in feedback_connections(net)}
+
+
+class SignConcordant:
+    """B_ij = c M_ij o sign(W_ij)^T, with c set so that ||B_ij||_F = scale ||W_ij||_F.
+
+    Liao et al. found the magnitudes of sign-concordant feedback unimportant given batch
+    normalisation or "Batch Manhattan" updates; this engine has neither, so the scale decides
+    whether errors vanish or explode on their way down. Matching the Frobenius norm of the
+    current W_ij keeps the feedback on W^T's scale at every step, whatever M's distribution
+    and however W grows. Entries where W_ij = 0 are 0 (sign 0). The results are written into
+    buffers kept between steps, so a step allocates no matrix.
+    """
+
+    def __init__(self, scale: float):
+        self.scale = scale
+        self.out: dict[str, Tensor] = {}
+
+    def __call__(self, net: Network, magnitudes: dict[str, Tensor] | None) -> dict[str, Tensor]:
+        for i, j in feedback_connections(net):
+            key, W = weight_name(i, j), net.W[(i, j)]
+            out = self.out.get(key)
+            if out is None or out.shape != W.t().shape or out.dtype != W.dtype:
+                out = self.out[key] = torch.empty_like(W.t(), memory_format=torch.contiguous_format)
+            elif out.device != W.device:
+                out = self.out[key] = out.to(W.device)
+            torch.sign(W.t(), out=out)
+            if magnitudes is not None:
+                out.mul_(magnitudes[key])
+            # c = scale ||W|| / ||M o sign(W)||; the floor keeps an all-zero W at B = 0.
+            norm = torch.linalg.vector_norm(out).clamp_min_(torch.finfo(W.dtype).tiny)
+            out.mul_(torch.linalg.vector_norm(W).div_(norm).mul_(self.scale))
+        return self.out
+
+
+class FeedbackRule(Rule):
+    """Backpropagation's sweep with a matrix B_jk in W_jk^T's place (fa, usf, brsf, frsf).
+
+    The output layer's own weight gradient stays exact (delta_o comes from the loss); only the
+    transport of errors below it changes. Subclasses give the matrices of each step.
+    """
+
+    def step_feedback(self, net: Network) -> dict[str, Tensor]:
+        """Per weight name W[i->j] (i not the input), the (size_j, size_i) matrix for this step."""
+        raise NotImplementedError
+
+    def updates(self, net, x, y):
+        B = self.step_feedback(net)
+        trace = net.forward(x, train=True)
+        o = net.output_name
+        self.last_loss = net.loss_fn.mean(trace.z[o], y)
+        deltas = backward_sweep(
+            net,
+            trace,
+            {o: output_delta(net, trace, y)},
+            feedback=lambda i, j: B[weight_name(i, j)],
+        )
+        return weight_updates(net, trace, deltas)

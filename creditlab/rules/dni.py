@@ -1,0 +1,69 @@
+"""Decoupled neural interfaces (Jaderberg et al. 2016): synthetic error signals at block
+boundaries, each predicted from the boundary's activation alone.
+
+The network is split into blocks at the boundary groups (default: every hidden group). A block
+updates with the signal its boundary's synthesizer predicts, at once; each synthesizer is trained
+toward the signal that arrives from the block above, itself synthetic except at the top
+(bootstrapping). The machinery, and what happens across skip connections, is in
+creditlab/blocks.py. Logged: synth_loss (mean over boundaries) and synth_loss/GROUP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from creditlab.backward import weight_updates
+from creditlab.blocks import SYNTH_KINDS, SYNTH_OPTIMIZERS, Oracle, SyntheticGradients
+from creditlab.rules.base import Option, Rule
+
+
+class DNI(Rule):
+    name = "dni"
+    summary = "decoupled neural interfaces: blocks update with learned synthetic error signals"
+    options: ClassVar[dict[str, Option]] = {
+        "boundaries": Option(
+            tuple, (), "comma-separated hidden groups that end a block (default: every one)"
+        ),
+        "synth": Option(str, "linear", "synthesizer model", SYNTH_KINDS),
+        "hidden": Option(int, 256, "hidden units of the mlp synthesizer"),
+        "synth_optimizer": Option(str, "adam", "optimiser of the synthesizers", SYNTH_OPTIMIZERS),
+        "synth_lr": Option(float, 1e-4, "learning rate of the synthesizers"),
+        "synth_momentum": Option(float, 0.9, "momentum of the sgd synthesizer optimiser"),
+    }
+    conditioned = False  # cdni: the synthesizers also read the target
+
+    def __init__(self, **opts: Any):
+        super().__init__(**opts)
+        o = self.opts
+        self.sg = SyntheticGradients(
+            self.name,
+            o["boundaries"],
+            o["synth"],
+            o["hidden"],
+            o["synth_lr"],
+            o["synth_optimizer"],
+            o["synth_momentum"],
+            conditioned=self.conditioned,
+        )
+
+    @property
+    def oracle(self) -> Oracle | None:
+        """oracle(net, trace, y, b) -> signal to send down from boundary b instead of the
+        synthesizer's prediction (the synthesizers are then left untouched)."""
+        return self.sg.oracle
+
+    @oracle.setter
+    def oracle(self, fn: Oracle | None) -> None:
+        self.sg.oracle = fn
+
+    def updates(self, net, x, y):
+        deltas, trace, metrics = self.sg.step(net, x, y)
+        self.last_loss = net.loss_fn.mean(trace.z[net.output_name], y)
+        self.metrics = metrics
+        return weight_updates(net, trace, deltas)
+
+    def state_dict(self):
+        return self.sg.state_dict()
+
+    def load_state_dict(self, state):
+        self.sg.load_state_dict(state)
