@@ -175,7 +175,7 @@ class Trainer:
         self.rule = rule(config.rule, **config.rule_opts)
         lookup_activation(config.activation)
         lookup_loss(config.loss)
-        self.opt = make_optimizer(config)
+        self.opt = SGD() if self.rule.applies_own_step else make_optimizer(config)
         if config.schedule not in SCHEDULES:
             raise UnknownNameError("schedule", config.schedule, SCHEDULES)
         if data is None:
@@ -204,14 +204,14 @@ class Trainer:
         self.opt_state = self.opt.init(self.params)
         self.steps_per_epoch = math.ceil(self.data.train_x.shape[0] / config.batch_size)
         self.schedule = Schedule(
-            config.schedule,
-            config.lr,
+            "constant" if self.rule.applies_own_step else config.schedule,
+            1.0 if self.rule.applies_own_step else config.lr,
             self.steps_per_epoch,
             self.steps_per_epoch * config.epochs,
             config.step_epochs,
             config.gamma,
             config.min_lr,
-            config.warmup_epochs,
+            0.0 if self.rule.applies_own_step else config.warmup_epochs,
         )
         n_probe = min(config.probe_size, self.data.train_x.shape[0])
         self.probe_batch = (
@@ -389,6 +389,9 @@ class Trainer:
         record.update(
             device_used=str(self.device),
             rule_options=dict(self.rule.opts),
+            optimizer_used="sgd, lr 1 (the rule applies its own step)"
+            if self.rule.applies_own_step
+            else self.config.optimizer,
             network=self.net.spec(),
             n_parameters=sum(p.numel() for p in self.params.values()),
         )

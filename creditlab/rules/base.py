@@ -37,6 +37,9 @@ class Rule:
     summary: ClassVar[str] = ""
     options: ClassVar[dict[str, Option]] = {}
     own_readout: ClassVar[bool] = False  # True when predict() is not the network's output
+    # True for rules whose update is a finished step (hill climbing): the training loop then
+    # applies it as is, with plain SGD at rate 1, whatever optimiser was asked for.
+    applies_own_step: ClassVar[bool] = False
 
     def __init__(self, **opts: Any):
         unknown = set(opts) - set(self.options)

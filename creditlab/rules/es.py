@@ -1,0 +1,77 @@
+"""Evolution strategies (Salimans et al. 2017): a gradient estimate from perturbed copies.
+
+Each step draws K Gaussian directions eps_k for all parameters and scores the antithetic pairs
+theta + sigma eps_k and theta - sigma eps_k on the batch, all 2K members (and theta itself, for
+the reported loss) in one batched forward pass. Fitness shaping replaces the losses by their
+centred ranks in [-0.5, 0.5], which makes the estimate invariant to the loss's scale and robust
+to outliers. The estimate of dE/dtheta is
+
+    g = 1 / (2K sigma) * sum_k (rank(E(theta + sigma eps_k)) - rank(E(theta - sigma eps_k))) eps_k
+
+and it goes to the usual optimisers like any other rule's update. Memory grows with the
+population times the number of parameters; metrics report it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from creditlab.errors import UsageError
+from creditlab.population import antithetic_members, population_bytes, population_losses
+from creditlab.randomness import RuleGenerator
+from creditlab.rules.base import Option, Rule
+
+
+def centred_ranks(losses: torch.Tensor) -> torch.Tensor:
+    """Ranks scaled to [-0.5, 0.5] (lowest loss -0.5); ties broken by position."""
+    ranks = torch.empty_like(losses)
+    ranks[losses.argsort()] = torch.arange(len(losses), dtype=losses.dtype, device=losses.device)
+    return ranks / max(1, len(losses) - 1) - 0.5
+
+
+class EvolutionStrategies(Rule):
+    name = "es"
+    summary = "evolution strategies: antithetic Gaussian perturbations, rank-shaped fitness"
+    options = {
+        "population": Option(int, 100, "members per step (antithetic pairs, so even)"),
+        "sigma": Option(float, 0.02, "standard deviation of the perturbations"),
+        "shaping": Option(str, "rank", "fitness shaping", ("rank", "none")),
+    }
+
+    def __init__(self, **opts):
+        super().__init__(**opts)
+        population = self.opts["population"]
+        if population < 2 or population % 2:
+            raise UsageError(f"es.population must be an even number >= 2, got {population}")
+        if self.opts["sigma"] <= 0:
+            raise UsageError(f"es.sigma must be positive, got {self.opts['sigma']}")
+        self.rng = RuleGenerator(offset=7919)
+
+    def updates(self, net, x, y):
+        params = net.parameters()
+        pairs, sigma = self.opts["population"] // 2, self.opts["sigma"]
+        rng = self.rng.get(net)
+        noise = {
+            name: torch.randn((pairs, *p.shape), generator=rng, device=p.device, dtype=p.dtype)
+            for name, p in params.items()
+        }
+        members = antithetic_members(params, noise, sigma)
+        losses = population_losses(net, x, y, members)
+        self.last_loss = losses[0]
+        scores = losses[1:]
+        if self.opts["shaping"] == "rank":
+            scores = centred_ranks(scores)
+        else:  # standardised losses
+            scores = (scores - scores.mean()) / (scores.std() + 1e-12)
+        weights = (scores[:pairs] - scores[pairs:]) / (2 * pairs * sigma)
+        self.metrics = {
+            "population_mb": (population_bytes(members) + population_bytes(noise)) / 2**20
+        }
+        return {name: torch.tensordot(weights, eps, dims=1) for name, eps in noise.items()}
+
+    def state_dict(self):
+        state = self.rng.state()
+        return {} if state is None else {"rng": state}
+
+    def load_state_dict(self, state):
+        self.rng.load(state.get("rng"))
