@@ -69,15 +69,22 @@ def main() -> None:
     torch.set_flush_denormal(True)  # as `creditlab train` does; applies to both sides
 
     config = TrainConfig(
-        dataset="mnist", model=f"mlp:{args.hidden}", batch_size=args.batch_size, lr=0.05,
-        momentum=0.9, epochs=args.rounds, device=args.device,
-    )  # fmt: skip
+        dataset="mnist",
+        model=f"mlp:{args.hidden}",
+        batch_size=args.batch_size,
+        lr=0.05,
+        momentum=0.9,
+        epochs=args.rounds,
+        device=args.device,
+    )
     data = load_dataset("mnist", progress=False)
     trainer = Trainer(config, progress=False, data=data)
     model = torch_model(trainer)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    print(f"{torch.__version__}, {trainer.device}, {torch.get_num_threads()} threads, "
-          f"{args.hidden} relu, batch {config.batch_size}")  # fmt: skip
+    print(
+        f"{torch.__version__}, {trainer.device}, {torch.get_num_threads()} threads, "
+        f"{args.hidden} relu, batch {config.batch_size}"
+    )
 
     ours, theirs = [], []
     for epoch in range(1, args.rounds + 1):
@@ -88,13 +95,17 @@ def main() -> None:
         else:
             theirs.append(torch_epoch(model, opt, trainer.data, config, epoch, trainer.device))
             ours.append(trainer.train_epoch(epoch)["seconds"])
-        print(f"epoch {epoch}: creditlab {ours[-1]:.3f} s, pytorch {theirs[-1]:.3f} s, "
-              f"ratio {ours[-1] / theirs[-1]:.3f}" + ("  (warm-up)" if epoch == 1 else ""))  # fmt: skip
+        print(
+            f"epoch {epoch}: creditlab {ours[-1]:.3f} s, pytorch {theirs[-1]:.3f} s, "
+            f"ratio {ours[-1] / theirs[-1]:.3f}" + ("  (warm-up)" if epoch == 1 else "")
+        )
 
     timed = slice(1, None) if args.rounds > 1 else slice(None)
     mine, ref = statistics.median(ours[timed]), statistics.median(theirs[timed])
-    print(f"median seconds per epoch: creditlab {mine:.3f}, pytorch {ref:.3f}, "
-          f"creditlab / pytorch = {mine / ref:.3f}")  # fmt: skip
+    print(
+        f"median seconds per epoch: creditlab {mine:.3f}, pytorch {ref:.3f}, "
+        f"creditlab / pytorch = {mine / ref:.3f}"
+    )
     drift = max(
         (trainer.net.W[(layer_in, layer_out)].t() - linear.weight).abs().max().item()
         for (layer_in, layer_out), linear in zip(

@@ -61,3 +61,39 @@ def antithetic_members(
 
 def population_bytes(members: dict[str, Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in members.values())
+
+
+class NoiseTable:
+    """A block of Gaussian noise drawn once; perturbations are windows into it.
+
+    Drawing fresh normals for every member and parameter each step costs more than evaluating
+    the population. As in Salimans et al. (2017), perturbations are instead read from a shared
+    table at random offsets: each member's noise is a window of the table, and windows at
+    distinct offsets are independent draws for all practical purposes.
+    """
+
+    def __init__(self, size: int, seed: int, device, dtype):
+        generator = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(size, generator=generator, dtype=torch.float32).to(device, dtype)
+
+    def sample(self, count: int, length: int, generator: torch.Generator) -> Tensor:
+        """(count, length) noise: windows of the table at random offsets."""
+        size = self.table.numel()
+        if length > size:
+            raise ValueError(f"noise table of {size} values is shorter than {length} parameters")
+        offsets = torch.randint(
+            0, size - length + 1, (count,), generator=generator, device=generator.device
+        )
+        # unfold gives every window as a row of a strided view (no copy); index_select then
+        # copies just the chosen rows.
+        windows = self.table.unfold(0, length, 1)
+        return windows.index_select(0, offsets.to(self.table.device))
+
+
+def split_like(flat: Tensor, params: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Views of the rows of `flat` (count, total parameters) shaped like each parameter."""
+    views, start = {}, 0
+    for name, p in params.items():
+        views[name] = flat[:, start : start + p.numel()].view(flat.shape[0], *p.shape)
+        start += p.numel()
+    return views

@@ -49,5 +49,5 @@ def test_required_activations_exist():
 
 
 def test_unknown_activation_lists_valid_names():
-    with pytest.raises(UnknownNameError, match="valid activations: .*relu.*tanh"):
+    with pytest.raises(UnknownNameError, match=r"valid activations: .*relu.*tanh"):
         activation("swish-ish")

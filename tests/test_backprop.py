@@ -101,8 +101,10 @@ def test_backward_sweep_sums_every_path_out_of_a_group():
 def test_gradcheck_command_passes_and_reports_every_parameter():
     done = subprocess.run(
         [sys.executable, "-m", "creditlab", "gradcheck", "--trials", "2"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "gradcheck passed" in done.stdout
     assert done.stdout.count("W[") >= 6 * 3

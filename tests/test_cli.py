@@ -13,8 +13,11 @@ from creditlab import cli
 def run_cli(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "creditlab", *args],
-        capture_output=True, text=True, check=False, cwd=cwd,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+    )
 
 
 def test_train_with_no_options_learns_digits(tmp_path):
@@ -80,8 +83,10 @@ def test_existing_run_folder_is_not_overwritten(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert (Path(out) / "checkpoint.pt").read_bytes() == before
     assert cli.main(["train", "--epochs", "1", "--out", out, "--quiet", "--resume"]) == 0
-    assert cli.main(["train", "--epochs", "1", "--lr", "0.2", "--out", out, "--resume",
-                     "--quiet"]) == 2  # fmt: skip
+    assert (
+        cli.main(["train", "--epochs", "1", "--lr", "0.2", "--out", out, "--resume", "--quiet"])
+        == 2
+    )
     assert "differing fields: lr" in capsys.readouterr().err
 
 
@@ -93,9 +98,26 @@ def test_divergence_exits_1_naming_epoch_and_step(tmp_path, capsys):
 
 
 def test_mnist_from_shared_data_trains_a_little(tmp_path, capsys):
-    code = cli.main(["train", "--dataset", "mnist", "--model", "mlp:64", "--epochs", "2",
-                     "--train-subset", "5000", "--batch-size", "32", "--lr", "0.1", "--quiet",
-                     "--out", str(tmp_path / "m")])  # fmt: skip
+    code = cli.main(
+        [
+            "train",
+            "--dataset",
+            "mnist",
+            "--model",
+            "mlp:64",
+            "--epochs",
+            "2",
+            "--train-subset",
+            "5000",
+            "--batch-size",
+            "32",
+            "--lr",
+            "0.1",
+            "--quiet",
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "m" / "results.json").read_text())
     assert results["test_accuracy"] > 0.85

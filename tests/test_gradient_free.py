@@ -61,8 +61,9 @@ def test_es_estimate_aligns_better_with_the_gradient_as_the_population_grows(sha
         cosines = []
         for _ in range(8):
             estimate = es.updates(net, x, y)
-            cosines.append(cosine(torch.cat([e.reshape(-1) for e in estimate.values()]),
-                                  flat_gradient))  # fmt: skip
+            cosines.append(
+                cosine(torch.cat([e.reshape(-1) for e in estimate.values()]), flat_gradient)
+            )
         means.append(sum(cosines) / len(cosines))
     assert means == sorted(means), means
     assert means[-1] > 0.8 and means[0] < 0.6, means
@@ -96,8 +97,15 @@ def test_hillclimb_never_accepts_a_step_that_raises_the_batch_loss():
 
 
 def test_hillclimb_is_applied_as_is_whatever_the_optimizer(digits):
-    config = TrainConfig(rule="hillclimb", optimizer="adam", lr=0.5, epochs=1, device="cpu",
-                         model="mlp:16", probe_every=0)  # fmt: skip
+    config = TrainConfig(
+        rule="hillclimb",
+        optimizer="adam",
+        lr=0.5,
+        epochs=1,
+        device="cpu",
+        model="mlp:16",
+        probe_every=0,
+    )
     trainer = Trainer(config, progress=False, data=digits)
     assert trainer.opt.name == "sgd" and trainer.opt.momentum == 0
     assert trainer.schedule(0) == 1.0
@@ -114,15 +122,24 @@ def test_hillclimb_is_applied_as_is_whatever_the_optimizer(digits):
     ],
 )
 def test_gradient_free_rules_beat_chance_on_digits(digits, rule, opts, extra, bar):
-    config = TrainConfig(rule=rule, rule_opts=opts, model="mlp:64", epochs=20, device="cpu",
-                         probe_every=0, **extra)  # fmt: skip
+    config = TrainConfig(
+        rule=rule, rule_opts=opts, model="mlp:64", epochs=20, device="cpu", probe_every=0, **extra
+    )
     assert Trainer(config, progress=False, data=digits).fit()["test_accuracy"] >= bar
 
 
 def test_resume_is_exact_for_es(tmp_path, digits, monkeypatch):
     def config():
-        return TrainConfig(rule="es", rule_opts={"population": 20}, model="mlp:16", epochs=3,
-                           device="cpu", optimizer="adam", lr=0.01, probe_every=0)  # fmt: skip
+        return TrainConfig(
+            rule="es",
+            rule_opts={"population": 20},
+            model="mlp:16",
+            epochs=3,
+            device="cpu",
+            optimizer="adam",
+            lr=0.01,
+            probe_every=0,
+        )
 
     straight = Trainer(config(), tmp_path / "a", progress=False, data=digits)
     straight.fit()

@@ -24,10 +24,14 @@ CASES = [
 @pytest.mark.parametrize(("ours", "theirs"), CASES, ids=lambda c: repr(getattr(c, "__dict__", c)))
 def test_steps_match_torch_optim(ours, theirs):
     g = torch.Generator().manual_seed(0)
-    start = {"w": torch.randn(4, 3, generator=g, dtype=torch.float64),
-             "b": torch.randn(3, generator=g, dtype=torch.float64)}  # fmt: skip
-    grads = [{k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in start.items()}
-             for _ in range(6)]  # fmt: skip
+    start = {
+        "w": torch.randn(4, 3, generator=g, dtype=torch.float64),
+        "b": torch.randn(3, generator=g, dtype=torch.float64),
+    }
+    grads = [
+        {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in start.items()}
+        for _ in range(6)
+    ]
     params = {k: v.clone() for k, v in start.items()}
     state = ours.init(params)
     reference = {k: v.clone().requires_grad_(True) for k, v in start.items()}

@@ -18,8 +18,18 @@ def quiet(config, out=None, data=None):
 def test_default_config_reaches_95_percent_on_digits(tmp_path, digits):
     results = quiet(TrainConfig(device="cpu"), tmp_path / "run", data=digits).fit()
     assert results["test_accuracy"] >= 0.95
-    for key in ("rule", "dataset", "model", "seed", "epochs", "test_accuracy", "test_error",
-                "val_accuracy", "seconds_per_epoch", "history"):  # fmt: skip
+    for key in (
+        "rule",
+        "dataset",
+        "model",
+        "seed",
+        "epochs",
+        "test_accuracy",
+        "test_error",
+        "val_accuracy",
+        "seconds_per_epoch",
+        "history",
+    ):
         assert key in results
     assert len(results["seconds_per_epoch"]) == results["epochs"] == 20
     assert {"train_loss", "val_accuracy"} <= set(results["history"][0])
@@ -46,8 +56,16 @@ class Interrupt(Exception):
 
 
 def _config(**changes):
-    base = dict(device="cpu", epochs=4, dropout=0.2, lr=0.05, momentum=0.9, schedule="cosine",
-                model="skip:32-32", batch_size=64)  # fmt: skip
+    base = dict(
+        device="cpu",
+        epochs=4,
+        dropout=0.2,
+        lr=0.05,
+        momentum=0.9,
+        schedule="cosine",
+        model="skip:32-32",
+        batch_size=64,
+    )
     base.update(changes)
     return TrainConfig(**base)
 
@@ -116,7 +134,7 @@ def test_non_finite_loss_stops_naming_epoch_and_step_and_keeps_the_checkpoint(
     monkeypatch.setattr(Backprop, "updates", poisoned)
     trainer = quiet(_config(epochs=3), tmp_path, data=digits)
     good = None
-    with pytest.raises(TrainingError, match="epoch 2, step 3.*last good checkpoint"):
+    with pytest.raises(TrainingError, match=r"epoch 2, step 3.*last good checkpoint"):
         trainer.fit()
     good = checkpoint.load(tmp_path / "checkpoint.pt")
     assert good["epoch"] == 1

@@ -1,6 +1,7 @@
 """Evolution strategies (Salimans et al. 2017): a gradient estimate from perturbed copies.
 
-Each step draws K Gaussian directions eps_k for all parameters and scores the antithetic pairs
+Each step draws K Gaussian directions eps_k for all parameters (windows of a shared noise table,
+as Salimans et al. did, since fresh normals cost more than the evaluation) and scores the pairs
 theta + sigma eps_k and theta - sigma eps_k on the batch, all 2K members (and theta itself, for
 the reported loss) in one batched forward pass. Fitness shaping replaces the losses by their
 centred ranks in [-0.5, 0.5], which makes the estimate invariant to the loss's scale and robust
@@ -17,7 +18,13 @@ from __future__ import annotations
 import torch
 
 from creditlab.errors import UsageError
-from creditlab.population import antithetic_members, population_bytes, population_losses
+from creditlab.population import (
+    NoiseTable,
+    antithetic_members,
+    population_bytes,
+    population_losses,
+    split_like,
+)
 from creditlab.randomness import RuleGenerator
 from creditlab.rules.base import Option, Rule
 
@@ -46,15 +53,17 @@ class EvolutionStrategies(Rule):
         if self.opts["sigma"] <= 0:
             raise UsageError(f"es.sigma must be positive, got {self.opts['sigma']}")
         self.rng = RuleGenerator(offset=7919)
+        self.noise_table: NoiseTable | None = None  # drawn again from the seed on resume
 
     def updates(self, net, x, y):
         params = net.parameters()
         pairs, sigma = self.opts["population"] // 2, self.opts["sigma"]
         rng = self.rng.get(net)
-        noise = {
-            name: torch.randn((pairs, *p.shape), generator=rng, device=p.device, dtype=p.dtype)
-            for name, p in params.items()
-        }
+        n_params = sum(p.numel() for p in params.values())
+        if self.noise_table is None:
+            size = max(2**24, 4 * n_params)
+            self.noise_table = NoiseTable(size, net.seed * 1_000_003 + 17, net.device, net.dtype)
+        noise = split_like(self.noise_table.sample(pairs, n_params, rng), params)
         members = antithetic_members(params, noise, sigma)
         losses = population_losses(net, x, y, members)
         self.last_loss = losses[0]

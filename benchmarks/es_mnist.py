@@ -1,0 +1,167 @@
+"""Gradient-free learning on MNIST 784-100-10: evaluation speed and test error against time.
+
+    python benchmarks/es_mnist.py speed                 # batched population vs member loop
+    python benchmarks/es_mnist.py curves --minutes 30   # bp, es, hillclimb: error vs wall time
+
+`speed` scores the same population of perturbed networks on the same batch twice: in one
+batched forward pass (creditlab.population) and member by member through the ordinary forward
+pass, and prints evaluations (member x batch) per second for each and the ratio.
+
+`curves` trains each rule for a wall-clock budget, measuring test error at every epoch end
+against the training time spent so far (evaluation time excluded), and writes
+benchmarks/results/es_curves.json and .png. The test error is only reported here, never used
+to choose anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import creditlab as cl
+from creditlab.data import load_dataset
+from creditlab.population import population_losses, split_like
+from creditlab.train import TrainConfig, Trainer, evaluate
+
+RESULTS = Path(__file__).parent / "results"
+
+# Settings per rule for the curves (chosen on the validation split in short trials).
+RULES = {
+    "bp": dict(optimizer="sgd", lr=0.1, batch_size=128),
+    "es": dict(
+        optimizer="adam", lr=0.01, batch_size=128, rule_opts={"population": 200, "sigma": 0.02}
+    ),
+    "hillclimb": dict(batch_size=512, rule_opts={"step": 0.003, "proposals": 8}),
+}
+
+
+def speed(args) -> None:
+    data = load_dataset("mnist", progress=False)
+    net = cl.mlp([784, 100, 10], seed=0)
+    x, y = data.train_x[: args.batch], data.train_y[: args.batch]
+    params = net.parameters()
+    n = sum(p.numel() for p in params.values())
+    g = torch.Generator().manual_seed(0)
+    offsets = split_like(0.02 * torch.randn(args.population, n, generator=g), params)
+    members = {k: p + offsets[k] for k, p in params.items()}
+
+    def batched() -> torch.Tensor:
+        return population_losses(net, x, y, members)
+
+    def loop() -> torch.Tensor:
+        original = net.copy_parameters()
+        losses = []
+        for m in range(args.population):
+            for k, p in net.parameters().items():
+                p.copy_(members[k][m])
+            losses.append(net.loss(x, y))
+        net.load_parameters(original)
+        return torch.tensor(losses)
+
+    torch.testing.assert_close(batched(), loop(), rtol=1e-4, atol=1e-5)  # the same numbers
+    rates: dict[str, list[float]] = {"batched": [], "loop": []}
+    for _ in range(args.repeats):
+        for name, fn in (("batched", batched), ("loop", loop)):
+            start = time.perf_counter()
+            fn()
+            rates[name].append(args.population / (time.perf_counter() - start))
+    b, lp = statistics.median(rates["batched"]), statistics.median(rates["loop"])
+    print(
+        f"784-100-10, population {args.population}, batch {args.batch}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"member evaluations per second: batched {b:.0f}, member loop {lp:.0f}, ratio {b / lp:.1f}x"
+    )
+
+
+def curves(args) -> None:
+    data = load_dataset("mnist", progress=False)
+    RESULTS.mkdir(exist_ok=True)
+    out: dict[str, list[dict]] = {}
+    for rule in args.rules.split(","):
+        settings = dict(RULES[rule])
+        budget = args.minutes * 60 * (args.bp_fraction if rule == "bp" else 1.0)
+        config = TrainConfig(
+            dataset="mnist",
+            model="mlp:100",
+            rule=rule,
+            epochs=10_000,
+            device="cpu",
+            probe_every=0,
+            seed=args.seed,
+            **settings,
+        )
+        trainer = Trainer(config, progress=False, data=data)
+        spent, points, epoch = 0.0, [], 0
+        while spent < budget:
+            epoch += 1
+            record = trainer.train_epoch(epoch)
+            spent += record["seconds"]
+            _, test_acc = evaluate(
+                trainer.net, trainer.rule, trainer.data.test_x, trainer.data.test_y, data.n_classes
+            )
+            points.append(
+                {
+                    "epoch": epoch,
+                    "seconds": spent,
+                    "test_error": 1 - test_acc,
+                    "val_accuracy": record["val_accuracy"],
+                }
+            )
+            print(
+                f"{rule} epoch {epoch}: {spent:7.1f} s, test error {100 * (1 - test_acc):.2f}%",
+                flush=True,
+            )
+        out[rule] = points
+    (RESULTS / "es_curves.json").write_text(json.dumps({"settings": RULES, "runs": out}, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rule, points in out.items():
+        ax.plot(
+            [p["seconds"] / 60 for p in points],
+            [100 * p["test_error"] for p in points],
+            marker=".",
+            label=rule,
+        )
+    ax.set_xlabel("training time (minutes, 2 CPU cores)")
+    ax.set_ylabel("test error (%)")
+    ax.set_yscale("log")
+    ax.set_title("MNIST 784-100-10: test error against wall time")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "es_curves.png", dpi=120)
+    print(f"wrote {RESULTS / 'es_curves.png'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("speed")
+    p.add_argument("--population", type=int, default=100)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.set_defaults(func=speed)
+    p = sub.add_parser("curves")
+    p.add_argument("--minutes", type=float, default=30.0, help="budget per gradient-free rule")
+    p.add_argument("--bp-fraction", type=float, default=0.2, help="bp's share of that budget")
+    p.add_argument("--rules", default="bp,es,hillclimb")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=curves)
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
