@@ -58,7 +58,7 @@ class Trace:
 
     def sent(self, i: str) -> Tensor:
         """The activity group i's readers received: emitted[i] if recorded, else z_i."""
-        return self.emitted.get(i, self.z[i])
+        return self.emitted[i] if i in self.emitted else self.z[i]
 
 
 def weight_name(i: str, j: str) -> str:

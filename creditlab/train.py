@@ -200,6 +200,7 @@ class Trainer:
                 f"output group {self.net.output_name!r} has {self.net.output_size} units; "
                 f"{config.dataset} has {self.data.n_classes} classes"
             )
+        self.rule.check(self.net)
         self.params = self.net.parameters()
         self.opt_state = self.opt.init(self.params)
         self.steps_per_epoch = math.ceil(self.data.train_x.shape[0] / config.batch_size)

@@ -55,6 +55,9 @@ class Rule:
         self.last_loss: Tensor | None = None  # the batch loss seen by the last updates() call
         self.metrics: dict[str, float] = {}  # extra numbers a rule logs (e.g. synthesizer loss)
 
+    def check(self, net: Network) -> None:
+        """Raise UsageError if this rule cannot train `net` (called before training starts)."""
+
     def updates(self, net: Network, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """The update for every parameter of `net` on the batch (x, y)."""
         raise NotImplementedError
