@@ -25,6 +25,10 @@ with explicit gradients by one of creditlab's optimisers. Two kinds:
     mlp:    M(u) = relu(u A1 + c1) A2 + c2     (A1 He-random, c1, A2, c2 zero)
 Both start by predicting 0, as in the paper, so at first the blocks below a boundary stand still
 while the synthesizers learn what to say.
+
+The blocks run in lockstep in one process here (the decoupling is simulated): in a step, every
+block updates with the prediction its boundary made from this batch, and each synthesizer then
+takes one step toward the signal that arrived on the same forward pass.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def resolve_boundaries(net: Network, names: Sequence[str], rule: str) -> list[st
     the input has no weights below it to update.
     """
     hidden = net.hidden
+    names = [b.strip() for b in names]  # "h1, h2" on a command line means h1 and h2
     if not names:
         return list(hidden)
     bad = [b for b in names if b not in hidden]
@@ -109,37 +114,42 @@ def condition(net: Network, y: Tensor) -> Tensor:
 
 
 class Synthesizer:
-    """M_b for one boundary b. Its parameters live in a shared flat dict `theta` (names like
-    "A[h1]"), so that one optimiser state and one state_dict hold every synthesizer."""
+    """M_b for one boundary b, reading n_in numbers and predicting n_out = size of b.
 
-    def __init__(self, b: str, kind: str):
+    Its parameters live in a shared flat dict `theta` (names like "A[h1]"), so that one
+    optimiser state and one state_dict hold every synthesizer.
+    """
+
+    def __init__(self, b: str, kind: str, n_in: int, n_out: int, hidden: int):
         if kind not in SYNTH_KINDS:
             raise UsageError(f"unknown synthesizer {kind!r}; valid: {', '.join(SYNTH_KINDS)}")
-        self.b, self.kind = b, kind
+        self.b, self.kind, self.n_in, self.n_out, self.hidden = b, kind, n_in, n_out, hidden
 
     def key(self, part: str) -> str:
         return f"{part}[{self.b}]"
 
-    def init(
-        self, n_in: int, n_out: int, hidden: int, seed: int, dtype: torch.dtype, device
-    ) -> dict[str, Tensor]:
-        """Fresh parameters whose prediction is 0 for every input."""
-
-        def zeros(*shape: int) -> Tensor:
-            return torch.zeros(shape, dtype=dtype, device=device)
-
+    def shapes(self) -> dict[str, tuple[int, ...]]:
         if self.kind == "linear":
-            return {self.key("A"): zeros(n_in, n_out), self.key("c"): zeros(n_out)}
-        # A1 is drawn on the CPU in float64 from a generator seeded by the net's seed and b's
-        # name, so a seed gives the same synthesizer on every device and in every dtype.
-        rng = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(self.b.encode()) + 17)
-        a1 = torch.randn(n_in, hidden, generator=rng, dtype=torch.float64) * math.sqrt(2.0 / n_in)
+            return {self.key("A"): (self.n_in, self.n_out), self.key("c"): (self.n_out,)}
         return {
-            self.key("A1"): a1.to(device, dtype),
-            self.key("c1"): zeros(hidden),
-            self.key("A2"): zeros(hidden, n_out),
-            self.key("c2"): zeros(n_out),
+            self.key("A1"): (self.n_in, self.hidden),
+            self.key("c1"): (self.hidden,),
+            self.key("A2"): (self.hidden, self.n_out),
+            self.key("c2"): (self.n_out,),
         }
+
+    def init(self, seed: int, dtype: torch.dtype, device: torch.device) -> dict[str, Tensor]:
+        """Fresh parameters whose prediction is 0 for every input: all zero but A1."""
+        theta = {
+            k: torch.zeros(shape, dtype=dtype, device=device) for k, shape in self.shapes().items()
+        }
+        if self.kind == "mlp":
+            # He normal, drawn on the CPU in float64 from a generator seeded by the net's seed
+            # and b's name, so a seed gives the same synthesizer on every device and dtype.
+            rng = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(self.b.encode()) + 17)
+            a1 = torch.randn(self.n_in, self.hidden, generator=rng, dtype=torch.float64)
+            theta[self.key("A1")] = (a1 * math.sqrt(2.0 / self.n_in)).to(device, dtype)
+        return theta
 
     def predict(self, theta: dict[str, Tensor], u: Tensor) -> tuple[Tensor, Tensor | None]:
         """M_b(u), and the hidden activations the gradient needs (None for linear)."""
@@ -213,24 +223,29 @@ class SyntheticGradients:
     # ---- set-up -----------------------------------------------------------------------------
     def setup(self, net: Network) -> None:
         self.boundaries = resolve_boundaries(net, self.names, self.rule)
-        self.synths = {b: Synthesizer(b, self.kind) for b in self.boundaries}
         extra = net.output_size if self.conditioned else 0
-        fresh: dict[str, Tensor] = {}
-        for b, m in self.synths.items():
+        self.synths = {}
+        for b in self.boundaries:
             size = net.groups[b].size
-            fresh.update(m.init(size + extra, size, self.hidden, net.seed, net.dtype, net.device))
+            self.synths[b] = Synthesizer(b, self.kind, size + extra, size, self.hidden)
         if self.theta is None:  # a new run; a resumed one brought its parameters already
-            self.theta, self.opt_state = fresh, self.opt.init(fresh)
+            self.theta = {}
+            for m in self.synths.values():
+                self.theta.update(m.init(net.seed, net.dtype, net.device))
+            self.opt_state = self.opt.init(self.theta)
             return
+        shapes = {k: v for m in self.synths.values() for k, v in m.shapes().items()}
         bad = sorted(
             k
-            for k in set(fresh) | set(self.theta)
-            if k not in fresh or k not in self.theta or fresh[k].shape != self.theta[k].shape
+            for k in set(shapes) | set(self.theta)
+            if k not in shapes or k not in self.theta or tuple(self.theta[k].shape) != shapes[k]
         )
+        if not bad and set(self.opt_state) != set(self.opt.init({})):
+            bad = ["the optimiser state"]
         if bad:
             raise UsageError(
                 f"the saved state of rule {self.rule!r} does not fit this network and these "
-                f"options: synthesizer parameters {', '.join(bad)} differ"
+                f"options: {', '.join(bad)} differ"
             )
 
     # ---- one step ---------------------------------------------------------------------------
@@ -274,18 +289,29 @@ class SyntheticGradients:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Copies, so that later steps do not change a state already handed out."""
         if self.theta is None:
             return {}
-        return {"theta": dict(self.theta), "optimizer": self.opt_state}
+        return {"theta": _copy(self.theta), "optimizer": _copy(self.opt_state)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state_dict(); an empty one means "no step taken yet"."""
+        self.boundaries = None  # set up again, and checked against the network, on the next step
         if not state:
+            self.theta = self.opt_state = None
             return
         if set(state) != {"theta", "optimizer"}:
             raise UsageError(
                 f"not a state of rule {self.rule!r}: expected keys theta, optimizer, "
                 f"got {', '.join(sorted(state))}"
             )
-        self.theta = {k: v.clone() for k, v in state["theta"].items()}
-        self.opt_state = state["optimizer"]
-        self.boundaries = None  # checked against the network on the next step
+        self.theta, self.opt_state = _copy(state["theta"]), _copy(state["optimizer"])
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of nested dicts of tensors and numbers."""
+    if isinstance(value, Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return value
