@@ -163,6 +163,49 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import dataclasses
+
+    from creditlab import compare
+
+    if args.report_only:
+        if args.out is None:
+            raise UsageError("--report-only needs --out, the folder of the compare to draw again")
+        for path in compare.render_folder(args.out):
+            print(f"wrote {path}")
+        return 0
+    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
+    rules = compare.rule_list(args.rules)
+    rule_opts = compare.parse_rule_opts(args.rule_opt, rules)
+    config = config_from_args(args, rules[0], {})  # each run sets its own rule and options
+    config = dataclasses.replace(config, probe_every=args.probe_every, probe_size=args.probe_size)
+    seeds = compare.seed_list(args.seeds, config.seed)
+    given, _ = compare.check_rule_options(rules, rule_opts)
+    out = Path(args.out) if args.out else compare.default_out_dir(config, rules, seeds, given)
+    print(f"comparing {', '.join(rules)} on {len(seeds)} seed(s) in {out}")
+    try:
+        record = compare.compare(
+            config, rules, seeds, rule_opts, out, force=args.force, progress=not args.quiet
+        )
+    except KeyboardInterrupt:
+        print(
+            "creditlab: interrupted; finished runs and the last checkpoint are kept: run the "
+            f"same command again (with --out {out}) to go on",
+            file=sys.stderr,
+        )
+        return 130
+    from creditlab import report
+
+    print(report.markdown_table(report.tables(record)[0]))
+    diverged = [
+        f"{r['rule']} seed {r['seed']}" for r in record["runs"] if r["status"] != "finished"
+    ]
+    if diverged:
+        print(f"diverged: {', '.join(diverged)}")
+    print(f"report in {out / 'index.html'} (table in {out / 'table.md'})")
+    return 0
+
+
 def cmd_gradcheck(args) -> int:
     from creditlab import gradcheck
 
@@ -223,6 +266,59 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="start over in a run folder that holds a run"
     )
     p.set_defaults(func=cmd_train)
+
+    from creditlab.train import TrainConfig
+
+    p = sub.add_parser(
+        "compare", help="train several rules on several seeds, fairly, and write a report"
+    )
+    add_training_options(p)
+    p.add_argument(
+        "--rules",
+        default="bp,fa,dfa,dni",
+        help="comma-separated learning rules (default %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        default="3",
+        help="how many seeds, counting up from --seed, or a list like 0,3,7 (default %(default)s)",
+    )
+    p.add_argument(
+        "--rule-opt",
+        action="append",
+        default=[],
+        metavar="RULE.KEY=VALUE",
+        help="an option of one of the rules, e.g. dni.hidden=256 (repeatable)",
+    )
+    p.add_argument(
+        "--probe-every",
+        type=int,
+        default=TrainConfig.probe_every,
+        help="steps between alignment probes, 0 for none (default %(default)s)",
+    )
+    p.add_argument(
+        "--probe-size",
+        type=int,
+        default=TrainConfig.probe_size,
+        help="examples in the fixed probe batch (default %(default)s)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="report folder (default reports/DATASET-HASH, a folder per set of settings, so "
+        "running the same command again resumes)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start over runs whose folder holds another configuration",
+    )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="draw the report again from --out's results.json, training nothing",
+    )
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("gradcheck", help="check bp against finite differences and autograd")
     p.add_argument("--trials", type=int, default=6, help="random networks per loss")

@@ -32,11 +32,11 @@ from creditlab.rules.base import Option, Rule
 Tensor = torch.Tensor
 DISTRIBUTIONS = ("uniform", "normal")
 
-SCALE_HELP = "multiplies the feedback's scale (see the rule's description)"
+SIGN_SCALE_HELP = "||B||_F as a multiple of ||W||_F, at every step (> 0)"
 
 
-def scale_option(default: float = 1.0) -> Option:
-    return Option(float, default, SCALE_HELP)
+def scale_option(default: float, help: str = SIGN_SCALE_HELP) -> Option:
+    return Option(float, default, help)
 
 
 def distribution_option() -> Option:
@@ -138,10 +138,13 @@ class FixedMatrices:
         return {k: v.clone() for k, v in (given or {}).items()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Use these matrices from the next use on; an empty state means none drawn yet."""
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
             raise UsageError(f"rule {self.rule!r}: a state of named matrices was expected")
-        self.loaded = dict(state)
-        self.net = None  # bind again, to the loaded matrices, on the next use
+        self.loaded = dict(state) if state else None
+        if not state:
+            self.matrices = None  # draw afresh (the same seeded draw) on the next use
+        self.net = None  # bind again on the next use
 
 
 def check_matrices(rule: str, given: dict[str, Tensor], shapes: dict[str, tuple]) -> None:
@@ -162,6 +165,19 @@ def check_matrices(rule: str, given: dict[str, Tensor], shapes: dict[str, tuple]
 def connection_shapes(net: Network) -> dict[str, tuple[int, int]]:
     """Per weight name W[i->j] with a feedback path, the shape of W_ij^T."""
     return {weight_name(i, j): transposed_shape(net, i, j) for i, j in feedback_connections(net)}
+
+
+def connection_groups(net: Network) -> dict[str, tuple[str, str]]:
+    """Per weight name W[i->j] with a feedback path, the pair (i, j)."""
+    return {weight_name(i, j): (i, j) for i, j in feedback_connections(net)}
+
+
+def state_part(rule: Rule, state: dict, key: str):
+    """state[key], or a clear error naming the rule and what its state holds."""
+    if not isinstance(state, dict) or key not in state:
+        held = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise UsageError(f"rule {rule.name!r}: the state given has no {key!r} (it holds {held})")
+    return state[key]
 
 
 class SignConcordant:

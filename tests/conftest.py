@@ -23,6 +23,9 @@ def shared_data() -> Path:
 os.environ["CREDITLAB_DATA"] = str(shared_data())
 os.environ["CREDITLAB_MNIST_MIRRORS"] = ""  # a test that needs a download fails, not fetches
 torch.set_flush_denormal(True)
+# The tests' networks are small: one thread is faster than two fighting over the cores (and
+# CI machines are often shared).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

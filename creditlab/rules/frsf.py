@@ -1,0 +1,53 @@
+"""Fixed random-magnitude sign-concordant feedback, frSF (Liao, Leibo and Poggio 2016).
+
+Errors return along B_jk = c M_jk o sign(W_jk)^T: magnitudes M_jk drawn once, uniform on
+[0, 1) (seeded, saved in checkpoints), with the signs of the current forward weights. c is set
+at every step so that ||B_jk||_F = scale ||W_jk||_F; see creditlab.feedback.SignConcordant.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from creditlab.feedback import (
+    FeedbackRule,
+    FixedMatrices,
+    SignConcordant,
+    connection_shapes,
+    positive,
+    scale_option,
+    seed_for,
+    state_part,
+)
+from creditlab.network import Network
+from creditlab.rules.base import Option
+
+
+class FixedRandomSignFeedback(FeedbackRule):
+    name = "frsf"
+    summary = "sign-concordant feedback: sign(W)^T times magnitudes drawn once"
+    options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
+
+    def __init__(self, **opts):
+        super().__init__(**opts)
+        self.signed = SignConcordant(positive(self, "scale"))
+        self.M = FixedMatrices(self.name, connection_shapes, self._draw)
+
+    @staticmethod
+    def _draw(net: Network, key: str, shape: tuple[int, int]) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed_for(net, "frsf", key))
+        return torch.rand(shape, generator=generator, dtype=torch.float64).to(net.device, net.dtype)
+
+    def step_feedback(self, net):
+        return self.signed(net, self.M.get(net))
+
+    def feedback_matrices(self, net):
+        return {k: B.clone() for k, B in self.step_feedback(net).items()}
+
+    def state_dict(self):
+        return {"M": self.M.state_dict()}
+
+    def load_state_dict(self, state):
+        self.M.load_state_dict(state_part(self, state, "M") if state else {})

@@ -1,0 +1,30 @@
+"""Uniform sign-concordant feedback, uSF (Liao, Leibo and Poggio 2016).
+
+Errors return along B_jk = c sign(W_jk)^T: the signs of the current forward weights, one
+magnitude for all. c is set at every step so that ||B_jk||_F = scale ||W_jk||_F (c is the
+root mean square of W_jk's nonzero entries), keeping the feedback on W^T's scale; see
+creditlab.feedback.SignConcordant.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from creditlab.feedback import FeedbackRule, SignConcordant, positive, scale_option
+from creditlab.rules.base import Option
+
+
+class UniformSignFeedback(FeedbackRule):
+    name = "usf"
+    summary = "uniform sign-concordant feedback: errors return along sign(W)^T, W's norm"
+    options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
+
+    def __init__(self, **opts):
+        super().__init__(**opts)
+        self.signed = SignConcordant(positive(self, "scale"))
+
+    def step_feedback(self, net):
+        return self.signed(net, None)
+
+    def feedback_matrices(self, net):
+        return {k: B.clone() for k, B in self.signed(net, None).items()}
