@@ -62,20 +62,6 @@ def seed_for(net: Network, salt: str, key: str) -> int:
     return net.seed * 1_000_003 + zlib.crc32(f"{salt}/{key}".encode())
 
 
-def init_std(net: Network, j: str) -> float:
-    """The standard deviation of group j's initial incoming weights W_ij.
-
-    As Network._initialise draws them: Glorot uniform over the whole fan-in, bound
-    sqrt(6 / (fan_in + size_j)), so std sqrt(2 / (fan_in + size_j)); or He normal,
-    std sqrt(2 / fan_in).
-    """
-    group = net.groups[j]
-    fan_in = sum(net.groups[i].size for i in group.ins)
-    if group.init == "glorot":
-        return math.sqrt(2.0 / (fan_in + group.size))
-    return math.sqrt(2.0 / fan_in)
-
-
 def random_matrix(
     net: Network, shape: tuple[int, int], std: float, distribution: str, seed: int
 ) -> Tensor:

@@ -202,6 +202,7 @@ class Network:
         """
         self.b[group.name] = torch.zeros(group.size, dtype=self.dtype, device=self.device)
         rng = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(group.name.encode()))
+        j = group.name
         fan_in = sum(self.groups[i].size for i in group.ins)
         for i in group.ins:
             shape = (self.groups[i].size, group.size)
@@ -209,8 +210,18 @@ class Network:
                 bound = math.sqrt(6.0 / (fan_in + group.size))
                 w = (torch.rand(shape, generator=rng, dtype=torch.float64) * 2 - 1) * bound
             else:
-                w = torch.randn(shape, generator=rng, dtype=torch.float64) * math.sqrt(2.0 / fan_in)
-            self.W[(i, group.name)] = w.to(self.device, self.dtype)
+                w = torch.randn(shape, generator=rng, dtype=torch.float64) * self.init_std(j)
+            self.W[(i, j)] = w.to(self.device, self.dtype)
+
+    def init_std(self, j: str) -> float:
+        """The standard deviation of group j's initial incoming weights, as drawn above:
+        Glorot uniform, bound sqrt(6 / (fan_in + size_j)), has std sqrt(2 / (fan_in + size_j));
+        He normal has std sqrt(2 / fan_in). Rules that draw feedback matrices match it."""
+        group = self.groups[j]
+        fan_in = sum(self.groups[i].size for i in group.ins)
+        if group.init == "glorot":
+            return math.sqrt(2.0 / (fan_in + group.size))
+        return math.sqrt(2.0 / fan_in)
 
     # ---- validation -----------------------------------------------------------------------
     def validate(self) -> list[str]:

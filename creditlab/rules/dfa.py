@@ -7,7 +7,7 @@ so there is no sequential sweep: all the B_j sit side by side in one (size_o, su
 sizes) matrix, and one matrix product gives every group's signal at once.
 
 The scale: B_j's entries have `scale` times the standard deviation of the output group's
-initial weights (Glorot or He, see creditlab.feedback.init_std), so that with scale 1 e B_j has
+initial weights (Glorot or He, see Network.init_std), so that with scale 1 e B_j has
 the size, at the start, of the signal backpropagation delivers to a group just below the
 output. The default is half, as for fa and for the same reason: with scale 1 the default SGD
 (lr 0.05, momentum 0.9) was unstable on MNIST (784-256-256-10 on 10,000 examples, 3 epochs:
@@ -29,7 +29,6 @@ from creditlab.backward import local_delta, output_delta, weight_updates
 from creditlab.feedback import (
     FixedMatrices,
     distribution_option,
-    init_std,
     positive,
     random_matrix,
     scale_option,
@@ -61,7 +60,7 @@ class DirectFeedbackAlignment(Rule):
         return {j: (net.output_size, net.groups[j].size) for j in net.hidden}
 
     def _draw(self, net: Network, j: str, shape: tuple[int, int]) -> torch.Tensor:
-        std = self.scale * init_std(net, net.output_name)
+        std = self.scale * net.init_std(net.output_name)
         return random_matrix(net, shape, std, self.opts["distribution"], seed_for(net, "dfa", j))
 
     def _all(self, net: Network) -> tuple[torch.Tensor | None, list[int]]:

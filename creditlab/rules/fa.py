@@ -6,7 +6,7 @@ network's seed, saved in checkpoints) and never trained; the forward weights com
 it.
 
 The scale: B_jk's entries have `scale` times the standard deviation of W_jk's own
-initialisation (Glorot or He, see creditlab.feedback.init_std), so the errors reaching each
+initialisation (Glorot or He, see Network.init_std), so the errors reaching each
 group keep a fixed proportion to backpropagation's at the start and neither vanish nor explode
 with depth. The default is half: with the full size (scale 1), the default SGD (lr 0.05,
 momentum 0.9) was unstable on MNIST (784-256-256-10 on 10,000 examples, 3 epochs: training loss
@@ -26,7 +26,6 @@ from creditlab.feedback import (
     connection_groups,
     connection_shapes,
     distribution_option,
-    init_std,
     positive,
     random_matrix,
     scale_option,
@@ -52,7 +51,7 @@ class FeedbackAlignment(FeedbackRule):
 
     def _draw(self, net: Network, key: str, shape: tuple[int, int]):
         _, j = connection_groups(net)[key]  # B_ij stands in for W_ij^T
-        std = self.scale * init_std(net, j)
+        std = self.scale * net.init_std(j)
         return random_matrix(net, shape, std, self.opts["distribution"], seed_for(net, "fa", key))
 
     def step_feedback(self, net):
