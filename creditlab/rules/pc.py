@@ -7,16 +7,16 @@ target). Then every weight changes by the product of its presynaptic value v_i a
 postsynaptic error f_j'(s_j) * eps_j, nothing else. The energy and its relaxation are in
 creditlab/energy.py.
 
-Options: `steps` (T) and `rate` (the inference rate) set the relaxation; `output_scale`
-(gamma) how hard the loss pulls, the output's precision relative to the hidden groups'
-(Whittington and Bogacz's 1 / sigma_out^2 with unit hidden variances): small gamma keeps the
-values near the feedforward state, where the updates approach backpropagation's. The updates
-are divided by gamma, so their size is the gradient's whatever gamma is. `fixed_prediction`
-holds the predictions at their feedforward values during relaxation (Millidge, Tschantz and
-Buckley 2020), which makes the updates converge to backpropagation's exactly (with rate 1, after as many steps as the longest path to the
-output). Logged: energy (F after relaxation, mean per example; not under fixed predictions).
-A relaxation that raises the energy (inference rate too large for the current weights) stops
-training with a message rather than passing on meaningless updates.
+Options: `steps` (T) and `rate` (the inference rate) set the relaxation; `output_scale` (gamma)
+how hard the loss pulls, the output's precision relative to the hidden groups' (Whittington and
+Bogacz's 1 / sigma_out^2 with unit hidden variances): small gamma keeps the values near the
+feedforward state, where the updates approach backpropagation's. The updates are divided by
+gamma, so their size is the gradient's whatever gamma is. `fixed_prediction` holds the
+predictions at their feedforward values during relaxation (Millidge, Tschantz and Buckley 2020),
+which makes the updates converge to backpropagation's exactly (with rate 1, after as many steps
+as the longest path to the output). Logged: energy (F after relaxation, mean per example; not
+under fixed predictions). A relaxation that raises the energy (inference rate too large for the
+current weights) stops training with a message rather than passing on meaningless updates.
 """
 
 from __future__ import annotations
