@@ -35,12 +35,12 @@ TANH_5X256 = dict(model="mlp:256-256-256-256-256", activation="tanh", optimizer=
 
 EXPERIMENTS: dict[str, dict[str, dict]] = {
     "bartunov": {
-        "bp": dict(rule="bp", lr=3e-4, **TANH_5X256),
-        "fa": dict(rule="fa", lr=3e-4, **TANH_5X256),
-        "dfa": dict(rule="dfa", lr=1e-4, **TANH_5X256),
-        "usf": dict(rule="usf", lr=3e-4, **TANH_5X256),
-        "brsf": dict(rule="brsf", lr=3e-4, **TANH_5X256),
-        "frsf": dict(rule="frsf", lr=3e-4, **TANH_5X256),
+        "bp": dict(rule="bp", lr=1e-3, **TANH_5X256),
+        "fa": dict(rule="fa", lr=1e-3, **TANH_5X256),
+        "dfa": dict(rule="dfa", lr=1e-3, **TANH_5X256),
+        "usf": dict(rule="usf", lr=1e-3, **TANH_5X256),
+        "brsf": dict(rule="brsf", lr=1e-3, **TANH_5X256),
+        "frsf": dict(rule="frsf", lr=1e-3, **TANH_5X256),
     },
     "nokland": {
         "dfa-dropout": dict(

@@ -46,3 +46,32 @@ def make_dag(dtype=torch.float64, seed: int = 0, loss: str = "mse"):
     c = net.dense([a, b], 2 if loss != "cross_entropy" else 3, activation="identity")
     net.output(c, loss=loss)
     return net
+
+
+class Interrupt(Exception):
+    """Raised by a patched training loop to stand for a crash or a Ctrl-C."""
+
+
+def straight_and_resumed(make_config, tmp_path, data, monkeypatch, stop_at: int = 3):
+    """Train one configuration twice: straight through, and interrupted as epoch `stop_at`
+    begins, then resumed from its checkpoint. Returns (straight trainer, its results, resumed
+    trainer, its results), for tests that the two end the same."""
+    from creditlab.train import Trainer
+
+    straight = Trainer(make_config(), tmp_path / "straight", progress=False, data=data)
+    expected = straight.fit()
+    original = Trainer.train_epoch
+
+    def crash(self, epoch):
+        if epoch == stop_at:
+            raise Interrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", crash)
+    with pytest.raises(Interrupt):
+        Trainer(make_config(), tmp_path / "broken", progress=False, data=data).fit()
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    resumed = Trainer(make_config(), tmp_path / "broken", progress=False, data=data)
+    assert resumed.restore()
+    assert resumed.epoch == stop_at - 1
+    return straight, expected, resumed, resumed.fit()

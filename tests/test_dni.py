@@ -16,7 +16,7 @@ from creditlab.blocks import Synthesizer, condition
 from creditlab.errors import UsageError
 from creditlab.models import skip_network
 from creditlab.train import TrainConfig, Trainer
-from tests.conftest import make_dag
+from tests.conftest import make_dag, straight_and_resumed
 
 
 def true_signal(net, trace, y, b):
@@ -271,10 +271,6 @@ def test_alignment_probes_do_not_change_the_run(digits):
 
 
 # ---- resume ----------------------------------------------------------------------------------
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize(("name", "synth"), [("dni", "linear"), ("cdni", "mlp")])
 def test_resume_ends_with_exactly_the_weights_of_an_uninterrupted_run(
     tmp_path, digits, monkeypatch, name, synth
@@ -284,24 +280,9 @@ def test_resume_ends_with_exactly_the_weights_of_an_uninterrupted_run(
                            dropout=0.2, lr=0.02, momentum=0.0,
                            rule_opts={"synth": synth, "hidden": 16, "synth_lr": 1e-3})  # fmt: skip
 
-    straight = quiet(config(), tmp_path / "a", data=digits)
-    expected = straight.fit()
-    broken = quiet(config(), tmp_path / "b", data=digits)
-    original = Trainer.train_epoch
-
-    def stop_at_three(self, epoch):
-        if epoch == 3:
-            raise Interrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", stop_at_three)
-    with pytest.raises(Interrupt):
-        broken.fit()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-
-    resumed = quiet(config(), tmp_path / "b", data=digits)
-    assert resumed.restore()
-    results = resumed.fit()
+    straight, expected, resumed, results = straight_and_resumed(
+        config, tmp_path, digits, monkeypatch
+    )
     for key, p in straight.net.parameters().items():
         assert torch.equal(p, resumed.net.parameters()[key]), key
     theta, resumed_theta = straight.rule.state_dict()["theta"], resumed.rule.state_dict()["theta"]

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import creditlab as cl
-from creditlab import checkpoint, gradcheck
+from creditlab import gradcheck
 from creditlab.activations import ACTIVATIONS
 from creditlab.errors import UsageError
 from creditlab.feedback import feedback_connections
 from creditlab.network import weight_name
 from creditlab.optim import SGD
 from creditlab.train import TrainConfig, Trainer
-from tests.conftest import make_dag
+from tests.conftest import make_dag, straight_and_resumed
 
 RULES = ("fa", "dfa", "usf", "brsf", "frsf")
 SIGN_RULES = ("usf", "brsf", "frsf")
@@ -322,10 +322,6 @@ def test_brsf_feedback_matrices_before_training_do_not_change_the_draws():
 
 
 # ---- every rule ----------------------------------------------------------------------------
-class Interrupt(Exception):
-    pass
-
-
 def _config(name, **changes):
     base = dict(
         device="cpu",
@@ -347,23 +343,9 @@ def _config(name, **changes):
 def test_an_interrupted_and_resumed_run_ends_with_exactly_the_uninterrupted_weights(
     name, tmp_path, digits, monkeypatch
 ):
-    straight = Trainer(_config(name), tmp_path / "a", progress=False, data=digits)
-    expected = straight.fit()
-    original = Trainer.train_epoch
-
-    def stop_at_three(self, epoch):
-        if epoch == 3:
-            raise Interrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", stop_at_three)
-    with pytest.raises(Interrupt):
-        Trainer(_config(name), tmp_path / "b", progress=False, data=digits).fit()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    assert checkpoint.load(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
-    resumed = Trainer(_config(name), tmp_path / "b", progress=False, data=digits)
-    assert resumed.restore()
-    results = resumed.fit()
+    straight, expected, resumed, results = straight_and_resumed(
+        lambda: _config(name), tmp_path, digits, monkeypatch
+    )
     for key, p in straight.net.parameters().items():
         assert torch.equal(p, resumed.net.parameters()[key]), key
     assert results["test_accuracy"] == expected["test_accuracy"]

@@ -9,7 +9,7 @@ from creditlab.errors import UsageError
 from creditlab.gradcheck import random_batch, random_dag
 from creditlab.population import antithetic_members, population_losses, stack_members
 from creditlab.train import TrainConfig, Trainer
-from tests.conftest import make_dag
+from tests.conftest import make_dag, straight_and_resumed
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "mse", "bce"])
@@ -141,23 +141,7 @@ def test_resume_is_exact_for_es(tmp_path, digits, monkeypatch):
             probe_every=0,
         )
 
-    straight = Trainer(config(), tmp_path / "a", progress=False, data=digits)
-    straight.fit()
-    broken = Trainer(config(), tmp_path / "b", progress=False, data=digits)
-    original = Trainer.train_epoch
-
-    def stop(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", stop)
-    with pytest.raises(KeyboardInterrupt):
-        broken.fit()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = Trainer(config(), tmp_path / "b", progress=False, data=digits)
-    assert resumed.restore()
-    resumed.fit()
+    straight, _, resumed, _ = straight_and_resumed(config, tmp_path, digits, monkeypatch)
     for name, p in straight.net.parameters().items():
         assert torch.equal(p, resumed.net.parameters()[name]), name
 

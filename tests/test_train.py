@@ -9,6 +9,7 @@ from creditlab import checkpoint
 from creditlab.errors import CreditlabError, TrainingError, UsageError
 from creditlab.rules.bp import Backprop
 from creditlab.train import TrainConfig, Trainer, train
+from tests.conftest import straight_and_resumed
 
 
 def quiet(config, out=None, data=None):
@@ -51,10 +52,6 @@ def test_test_accuracy_is_reported_for_the_best_validation_epoch(tmp_path, digit
     assert results["test_accuracy"] == pytest.approx(accuracy.float().mean().item())
 
 
-class Interrupt(Exception):
-    pass
-
-
 def _config(**changes):
     base = dict(
         device="cpu",
@@ -73,26 +70,9 @@ def _config(**changes):
 def test_resume_ends_with_exactly_the_weights_of_an_uninterrupted_run(
     tmp_path, digits, monkeypatch
 ):
-    straight = quiet(_config(), tmp_path / "a", data=digits)
-    expected = straight.fit()
-
-    broken = quiet(_config(), tmp_path / "b", data=digits)
-    original = Trainer.train_epoch
-
-    def stop_at_three(self, epoch):
-        if epoch == 3:
-            raise Interrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", stop_at_three)
-    with pytest.raises(Interrupt):
-        broken.fit()
-    monkeypatch.setattr(Trainer, "train_epoch", original)
-    assert checkpoint.load(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
-
-    resumed = quiet(_config(), tmp_path / "b", data=digits)
-    assert resumed.restore()
-    results = resumed.fit()
+    straight, expected, resumed, results = straight_and_resumed(
+        _config, tmp_path, digits, monkeypatch
+    )
     for name, p in straight.net.parameters().items():
         assert torch.equal(p, resumed.net.parameters()[name]), name
     for name, p in straight.best_params.items():
