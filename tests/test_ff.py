@@ -12,7 +12,7 @@ from creditlab.errors import UsageError
 from creditlab.models import build_model
 from creditlab.network import bias_name, weight_name
 from creditlab.train import TrainConfig, Trainer
-from tests.conftest import make_dag
+from tests.conftest import make_dag, straight_and_resumed
 
 
 def batch(net, n=12, seed=0):
@@ -225,20 +225,22 @@ def test_ff_trains_a_skip_dag_in_float64(digits):
     assert results["test_accuracy"] >= 0.90
 
 
-def test_resume_ends_with_exactly_the_weights_of_an_uninterrupted_run(tmp_path, digits):
-    opts = {"negatives": "readout", "peer": 0.03}
-    config = ff_config(rule_opts=opts, epochs=4, model="mlp:32-32", probe_every=7)
-    straight, expected = fit(config, digits, tmp_path / "a")
-    first = Trainer(ff_config(rule_opts=opts, epochs=2, model="mlp:32-32", probe_every=7),
-                    tmp_path / "b", progress=False, data=digits)  # fmt: skip
-    first.fit()
-    state = first.rule.state_dict()
+def test_resume_ends_with_exactly_the_weights_of_an_uninterrupted_run(
+    tmp_path, digits, monkeypatch
+):
+    def config():  # readout negatives and peer normalisation: both keep state
+        opts = {"negatives": "readout", "peer": 0.03}
+        return ff_config(rule_opts=opts, epochs=4, model="mlp:32-32", probe_every=7)
+
+    straight, expected, resumed, results = straight_and_resumed(
+        config, tmp_path, digits, monkeypatch
+    )
+    state = straight.rule.state_dict()
     assert set(state) == {"rng", "peer"} and set(state["peer"]) == {"h1", "h2"}
-    resumed = Trainer(config, tmp_path / "b", progress=False, data=digits)
-    assert resumed.restore()
-    results = resumed.fit()
     for name, p in straight.net.parameters().items():
         assert torch.equal(p, resumed.net.parameters()[name]), name
+    for j, r in state["peer"].items():
+        assert torch.equal(r, resumed.rule.state_dict()["peer"][j]), j
     assert [h["train_loss"] for h in results["history"]] == [
         h["train_loss"] for h in expected["history"]
     ]
