@@ -91,15 +91,20 @@ def incoming_signal(
     return incoming
 
 
-def weight_updates(net: Network, trace: Trace, deltas: dict[str, Tensor]) -> dict[str, Tensor]:
+def weight_updates(
+    net: Network, trace: Trace, deltas: dict[str, Tensor], partial: bool = False
+) -> dict[str, Tensor]:
     """dE/dW_ij = z_i^T delta_j / N and dE/db_j = sum of delta_j / N for each group in deltas.
 
-    Returned in the order of net.parameters(); groups with no delta get zero updates.
+    Returned in the order of net.parameters(); groups with no delta get zero updates, or no
+    entries at all when `partial` (for a rule that assembles its updates from several passes).
     """
     updates: dict[str, Tensor] = {}
     for j in net.order[1:]:
         group = net.groups[j]
         if j not in deltas:
+            if partial:
+                continue
             for i in group.ins:
                 updates[weight_name(i, j)] = torch.zeros_like(net.W[(i, j)])
             updates[bias_name(j)] = torch.zeros_like(net.b[j])

@@ -16,14 +16,16 @@ from creditlab.network import Network, Trace
 Tensor = torch.Tensor
 
 
-def local_updates(net: Network, trace: Trace, dz: dict[str, Tensor]) -> dict[str, Tensor]:
+def local_updates(
+    net: Network, trace: Trace, dz: dict[str, Tensor], partial: bool = False
+) -> dict[str, Tensor]:
     """Updates for every parameter from per-group local signals dE_j/dz_j (per example).
 
-    Groups absent from `dz` get zero updates. The inputs z_i are what group j actually read
-    (trace.sent), so a forward pass with `emit` is handled.
+    Groups absent from `dz` get zero updates (no entries with `partial`). The inputs z_i are
+    what group j actually read (trace.sent), so a forward pass with `emit` is handled.
     """
     deltas = {j: local_delta(net, trace, j, signal) for j, signal in dz.items()}
-    return weight_updates(net, trace, deltas)
+    return weight_updates(net, trace, deltas, partial)
 
 
 def squared_error(z: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

@@ -147,7 +147,7 @@ def evaluate(
     total_loss, correct = 0.0, 0
     for a in range(0, x.shape[0], chunk):
         xb, yb = x[a : a + chunk], y[a : a + chunk]
-        out = net.predict(xb)
+        out = learner.output(net, xb)
         total_loss += float(net.loss_fn.per_example(out, targets_for(net, yb, n_classes)).sum())
         scores = learner.predict(net, xb) if learner.own_readout else out
         correct += int((scores.argmax(dim=1) == yb).sum())

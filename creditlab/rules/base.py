@@ -62,9 +62,13 @@ class Rule:
         """The update for every parameter of `net` on the batch (x, y)."""
         raise NotImplementedError
 
+    def output(self, net: Network, x: Tensor) -> Tensor:
+        """The output group's activations as this rule runs the network (for the loss)."""
+        return net.predict(x)
+
     def predict(self, net: Network, x: Tensor) -> Tensor:
         """Scores per class for evaluation; rules with their own read-out override this."""
-        return net.predict(x)
+        return self.output(net, x)
 
     def feedback_matrices(self, net: Network) -> dict[str, Tensor]:
         """For rules that carry errors back along other matrices than W^T: per weight name,

@@ -50,7 +50,7 @@ from creditlab.goodness import (
     with_neutral_label,
 )
 from creditlab.local import local_updates
-from creditlab.network import Network, Trace, bias_name, weight_name
+from creditlab.network import Network, Trace
 from creditlab.randomness import RuleGenerator
 from creditlab.rules.base import Option, Rule
 
@@ -134,10 +134,14 @@ class ForwardForward(Rule):
             parts.append(total.view(C, xc.shape[0]).t())
         return torch.cat(parts)
 
+    def output(self, net, x):
+        """The readout's output on the neutral-label pass (what its loss is measured on)."""
+        neutral = with_neutral_label(x, net.output_size, self.opts["label_strength"])
+        return self._forward(net, neutral, train=False).z[net.output_name]
+
     def predict(self, net, x):
         if self.opts["readout"] == "linear":
-            neutral = with_neutral_label(x, net.output_size, self.opts["label_strength"])
-            return self._forward(net, neutral, train=False).z[net.output_name]
+            return self.output(net, x)
         return self.goodness_per_label(net, x)
 
     def _negatives(self, net: Network, x: Tensor, labels: Tensor, logits: Tensor) -> Tensor:
@@ -166,7 +170,7 @@ class ForwardForward(Rule):
         # The readout learns on the neutral-label pass, its error kept to its own weights.
         neutral = self._forward(net, with_neutral_label(x, C, strength), train=True)
         z_o = neutral.z[o]
-        readout = local_updates(net, neutral, {o: net.loss_fn.dz(z_o, y)})
+        readout = local_updates(net, neutral, {o: net.loss_fn.dz(z_o, y)}, partial=True)
 
         wrong = self._negatives(net, x, labels, z_o)
         both = torch.cat([with_labels(x, labels, C, strength), with_labels(x, wrong, C, strength)])
@@ -179,13 +183,12 @@ class ForwardForward(Rule):
             G = goodness(z)
             losses.append(loss)
             gaps.append((G[:N].mean() - G[N:].mean()) / size)
-        updates = local_updates(net, trace, dz)
+        hidden = local_updates(net, trace, dz, partial=True)
         if self.peer.strength > 0:
             for j in net.hidden:
-                self.peer.add_to(updates, net, trace, j, N, 1 / self._temperature(net, j))
-        for i in net.groups[o].ins:
-            updates[weight_name(i, o)] = readout[weight_name(i, o)]
-        updates[bias_name(o)] = readout[bias_name(o)]
+                self.peer.add_to(hidden, net, trace, j, N, 1 / self._temperature(net, j))
+        merged = {**hidden, **readout}
+        updates = {name: merged[name] for name in net.parameters()}
 
         self.last_loss = torch.stack(losses).mean().detach()
         self.metrics = {
