@@ -25,7 +25,12 @@ import torch
 
 import creditlab as cl
 from creditlab.data import load_dataset
-from creditlab.population import population_losses, split_like
+from creditlab.population import (
+    antithetic_losses,
+    antithetic_members,
+    population_losses,
+    split_like,
+)
 from creditlab.train import TrainConfig, Trainer, evaluate
 
 RESULTS = Path(__file__).parent / "results"
@@ -46,38 +51,46 @@ def speed(args) -> None:
     x, y = data.train_x[: args.batch], data.train_y[: args.batch]
     params = net.parameters()
     n = sum(p.numel() for p in params.values())
+    pairs = args.population // 2
     g = torch.Generator().manual_seed(0)
-    offsets = split_like(0.02 * torch.randn(args.population, n, generator=g), params)
-    members = {k: p + offsets[k] for k, p in params.items()}
+    noise = split_like(torch.randn(pairs, n, generator=g), params)
+    members = antithetic_members(params, noise, 0.02)  # theta and the 2K perturbed copies
 
-    def batched() -> torch.Tensor:
+    def antithetic() -> torch.Tensor:  # what the es rule runs
+        return antithetic_losses(net, x, y, noise, 0.02)
+
+    def stacked() -> torch.Tensor:  # explicit stacks of perturbed weight copies
         return population_losses(net, x, y, members)
 
-    def loop() -> torch.Tensor:
+    def loop() -> torch.Tensor:  # one ordinary forward pass per member
         original = net.copy_parameters()
         losses = []
-        for m in range(args.population):
+        for m in range(2 * pairs + 1):
             for k, p in net.parameters().items():
                 p.copy_(members[k][m])
             losses.append(net.loss(x, y))
         net.load_parameters(original)
         return torch.tensor(losses)
 
-    torch.testing.assert_close(batched(), loop(), rtol=1e-4, atol=1e-5)  # the same numbers
-    rates: dict[str, list[float]] = {"batched": [], "loop": []}
+    reference = loop()
+    for fn in (antithetic, stacked):  # the same numbers, whichever way they are computed
+        torch.testing.assert_close(fn(), reference, rtol=1e-4, atol=1e-5)
+    rates: dict[str, list[float]] = {"antithetic": [], "stacked": [], "loop": []}
     for _ in range(args.repeats):
-        for name, fn in (("batched", batched), ("loop", loop)):
+        for name, fn in (("antithetic", antithetic), ("stacked", stacked), ("loop", loop)):
             start = time.perf_counter()
             fn()
-            rates[name].append(args.population / (time.perf_counter() - start))
-    b, lp = statistics.median(rates["batched"]), statistics.median(rates["loop"])
+            rates[name].append((2 * pairs + 1) / (time.perf_counter() - start))
+    median = {k: statistics.median(v) for k, v in rates.items()}
     print(
-        f"784-100-10, population {args.population}, batch {args.batch}, "
-        f"{torch.get_num_threads()} threads"
+        f"784-100-10, population {2 * pairs} (+ theta), batch {args.batch}, "
+        f"{torch.get_num_threads()} threads; member evaluations per second:"
     )
-    print(
-        f"member evaluations per second: batched {b:.0f}, member loop {lp:.0f}, ratio {b / lp:.1f}x"
-    )
+    for name in ("antithetic", "stacked"):
+        print(
+            f"  batched ({name}): {median[name]:.0f}, {median[name] / median['loop']:.1f}x the loop"
+        )
+    print(f"  member-by-member loop: {median['loop']:.0f}")
 
 
 def curves(args) -> None:

@@ -22,7 +22,6 @@ def population_losses(net: Network, x: Tensor, y: Tensor, members: dict[str, Ten
     Evaluation mode: no dropout. x (N, d) is shared by every member.
     """
     z: dict[str, Tensor] = {net.input_name: x}
-    population = members[bias_name(net.output_name)].shape[0]
     for j in net.order[1:]:
         group = net.groups[j]
         s = members[bias_name(j)].unsqueeze(1)  # (P, 1, size_j), broadcast over the batch
@@ -31,14 +30,55 @@ def population_losses(net: Network, x: Tensor, y: Tensor, members: dict[str, Ten
             # population; (P, N, size_i) @ (P, size_i, size_j) is a batched product.
             s = s + torch.matmul(z[i], members[weight_name(i, j)])
         z[j] = group.act.f(s)
-    out = z[net.output_name]
-    n = x.shape[0]
+    return member_losses(net, z[net.output_name], y)
+
+
+def member_losses(net: Network, out: Tensor, y: Tensor) -> Tensor:
+    """Mean batch loss per member from the stacked output activations (P, N, size_o)."""
+    population, n = out.shape[0], out.shape[1]
     flat = out.reshape(population * n, out.shape[-1])
     if net.loss_fn.classification:
         targets = y.repeat(population)
     else:
         targets = y.unsqueeze(0).expand(population, *y.shape).reshape(population * n, -1)
     return net.loss_fn.per_example(flat, targets).view(population, n).mean(dim=1)
+
+
+def antithetic_losses(
+    net: Network, x: Tensor, y: Tensor, noise: dict[str, Tensor], sigma: float
+) -> Tensor:
+    """Losses of the members [theta, theta + sigma eps_1..K, theta - sigma eps_1..K], in one
+    batched pass, without building the perturbed weight copies.
+
+    Since z (W + sigma eps) = z W + sigma z eps, each connection computes z W once for the
+    unperturbed weights and z eps_k per pair, and adds or subtracts it. For connections from
+    the input, whose z is the same for every member, z W is shared by all 2K + 1 members and
+    z eps_k by both members of a pair: half the products of the plain batched pass, and none
+    of its (2K + 1) copies of the largest weight matrices. The result equals
+    population_losses(net, x, y, antithetic_members(params, noise, sigma)).
+    """
+    params = net.parameters()
+    pairs = noise[bias_name(net.output_name)].shape[0]
+    plus, minus = slice(1, pairs + 1), slice(pairs + 1, 2 * pairs + 1)
+    z: dict[str, Tensor] = {net.input_name: x}  # (N, d) shared, or (2K + 1, N, d) per member
+    for j in net.order[1:]:
+        s = None
+        for i in net.groups[j].ins:
+            w, eps, z_i = params[weight_name(i, j)], noise[weight_name(i, j)], z[i]
+            if z_i.dim() == 2:  # the same input for every member
+                base, shift = z_i @ w, sigma * torch.matmul(z_i, eps)  # (N, n_j), (K, N, n_j)
+                part = torch.cat([base.unsqueeze(0), base + shift, base - shift])
+            else:
+                part = torch.matmul(z_i, w)  # (2K + 1, N, n_j)
+                part[plus] += sigma * torch.bmm(z_i[plus], eps)
+                part[minus] -= sigma * torch.bmm(z_i[minus], eps)
+            s = part if s is None else s + part
+        b, eps_b = params[bias_name(j)], sigma * noise[bias_name(j)].unsqueeze(1)
+        s += b
+        s[plus] += eps_b
+        s[minus] -= eps_b
+        z[j] = net.groups[j].act.f(s)
+    return member_losses(net, z[net.output_name], y)
 
 
 def stack_members(params: dict[str, Tensor], offsets: list[dict[str, Tensor] | None]) -> dict:

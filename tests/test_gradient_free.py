@@ -7,7 +7,12 @@ import creditlab as cl
 from creditlab.diagnostics import cosine
 from creditlab.errors import UsageError
 from creditlab.gradcheck import random_batch, random_dag
-from creditlab.population import antithetic_members, population_losses, stack_members
+from creditlab.population import (
+    antithetic_losses,
+    antithetic_members,
+    population_losses,
+    stack_members,
+)
 from creditlab.train import TrainConfig, Trainer
 from tests.conftest import make_dag, straight_and_resumed
 
@@ -29,6 +34,19 @@ def test_batched_population_equals_the_member_by_member_loop(loss):
             p.copy_(original[name] + (0 if offset is None else offset[name]))
         assert batched[k].item() == pytest.approx(net.loss(x, y), rel=1e-12)
     net.load_parameters(original)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_antithetic_pass_equals_the_batched_population_of_explicit_copies(loss):
+    net = random_dag(5, loss, ["tanh", "relu", "elu"], n_hidden=4)  # some groups read the input
+    x, y = random_batch(net, 7, seed=2)
+    g = torch.Generator().manual_seed(3)
+    noise = {
+        k: torch.randn((4, *p.shape), generator=g, dtype=p.dtype)
+        for k, p in net.parameters().items()
+    }
+    explicit = population_losses(net, x, y, antithetic_members(net.parameters(), noise, 0.1))
+    torch.testing.assert_close(antithetic_losses(net, x, y, noise, 0.1), explicit)
 
 
 def test_antithetic_members_are_theta_then_plus_then_minus():
@@ -76,7 +94,8 @@ def test_es_reports_the_loss_at_theta_and_its_memory():
     es.updates(net, x, y)
     assert es.last_loss.item() == pytest.approx(net.loss(x, y))
     n_params = sum(p.numel() for p in net.parameters().values())
-    expected_mb = (11 + 5) * n_params * 8 / 2**20  # 11 members and 5 noise draws, float64
+    units = sum(net.groups[j].size for j in net.order[1:])
+    expected_mb = (5 * n_params + 11 * 5 * units) * 8 / 2**20  # noise, 11 members' activations
     assert es.metrics["population_mb"] == pytest.approx(expected_mb)
 
 

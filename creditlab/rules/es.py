@@ -18,13 +18,7 @@ from __future__ import annotations
 import torch
 
 from creditlab.errors import UsageError
-from creditlab.population import (
-    NoiseTable,
-    antithetic_members,
-    population_bytes,
-    population_losses,
-    split_like,
-)
+from creditlab.population import NoiseTable, antithetic_losses, population_bytes, split_like
 from creditlab.randomness import RuleGenerator
 from creditlab.rules.base import Option, Rule
 
@@ -64,8 +58,7 @@ class EvolutionStrategies(Rule):
             size = max(2**24, 4 * n_params)
             self.noise_table = NoiseTable(size, net.seed * 1_000_003 + 17, net.device, net.dtype)
         noise = split_like(self.noise_table.sample(pairs, n_params, rng), params)
-        members = antithetic_members(params, noise, sigma)
-        losses = population_losses(net, x, y, members)
+        losses = antithetic_losses(net, x, y, noise, sigma)
         self.last_loss = losses[0]
         scores = losses[1:]
         if self.opts["shaping"] == "rank":
@@ -73,8 +66,11 @@ class EvolutionStrategies(Rule):
         else:  # standardised losses
             scores = (scores - scores.mean()) / (scores.std() + 1e-12)
         weights = (scores[:pairs] - scores[pairs:]) / (2 * pairs * sigma)
+        # What the population costs beyond one network: the noise, and each group's stacked
+        # activations for the 2K + 1 members.
+        activations = (2 * pairs + 1) * x.shape[0] * sum(net.groups[j].size for j in net.order[1:])
         self.metrics = {
-            "population_mb": (population_bytes(members) + population_bytes(noise)) / 2**20
+            "population_mb": (population_bytes(noise) + activations * x.element_size()) / 2**20
         }
         return {name: torch.tensordot(weights, eps, dims=1) for name, eps in noise.items()}
 
