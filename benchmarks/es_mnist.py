@@ -7,7 +7,8 @@
 batched forward pass (creditlab.population) and member by member through the ordinary forward
 pass, and prints evaluations (member x batch) per second for each and the ratio.
 
-`curves` trains each rule for a budget of training time (bp 5 minutes, es 30, hillclimb 10),
+`curves` trains each rule for a budget of training time (bp 5 minutes, es 30, hillclimb 10;
+`--budget hillclimb=10` reruns one rule and keeps the others' curves),
 with a cosine learning-rate schedule stretched over the epochs that fit the budget (judged from
 the first epoch), measuring test error at every epoch end against the training time spent so
 far (evaluation excluded), and writes
@@ -27,7 +28,9 @@ from pathlib import Path
 import torch
 
 import creditlab as cl
+from creditlab.checkpoint import write_json
 from creditlab.data import load_dataset
+from creditlab.errors import TrainingError
 from creditlab.population import (
     antithetic_losses,
     antithetic_members,
@@ -100,58 +103,82 @@ def curves(args) -> None:
     data = load_dataset("mnist", progress=False)
     RESULTS.mkdir(exist_ok=True)
     budgets = {k: float(v) * 60 for k, v in (p.split("=") for p in args.budget.split(","))}
-    out: dict[str, list[dict]] = {}
+    unknown = sorted(set(budgets) - set(RULES))
+    if unknown:
+        raise SystemExit(f"no curve settings for {unknown}; known: {', '.join(RULES)}")
+    # Rules run one at a time and each is saved when it ends, so a later rule that fails (or a
+    # rerun of one rule) keeps the curves already measured.
+    saved = RESULTS / "es_curves.json"
+    record = json.loads(saved.read_text()) if saved.exists() else {"settings": {}, "runs": {}}
     for rule, budget in budgets.items():
-        config = TrainConfig(
-            dataset="mnist",
-            model="mlp:100",
-            rule=rule,
-            epochs=1000,
-            device="cpu",
-            probe_every=0,
-            seed=args.seed,
-            schedule="cosine",
-            **RULES[rule],
-        )
-        trainer = Trainer(config, progress=False, data=data)
-        spent, points, epoch = 0.0, [], 0
-        while spent < budget:
-            epoch += 1
+        points, stopped = train_for(rule, budget, data, args.seed)
+        record["settings"][rule] = RULES[rule]
+        record["runs"][rule] = points
+        record.setdefault("stopped", {}).pop(rule, None)
+        if stopped:
+            record["stopped"][rule] = stopped
+        write_json(saved, record)
+    plot(record["runs"])
+
+
+def train_for(rule: str, budget: float, data, seed: int) -> tuple[list[dict], str | None]:
+    """Train `rule` for `budget` seconds of training; test error after every epoch."""
+    config = TrainConfig(
+        dataset="mnist",
+        model="mlp:100",
+        rule=rule,
+        epochs=1000,
+        device="cpu",
+        probe_every=0,
+        seed=seed,
+        schedule="cosine",
+        **RULES[rule],
+    )
+    trainer = Trainer(config, progress=False, data=data)
+    spent, points, epoch = 0.0, [], 0
+    while spent < budget:
+        epoch += 1
+        try:
             record = trainer.train_epoch(epoch)
-            spent += record["seconds"]
-            if epoch == 1:  # stretch the cosine schedule over the epochs the budget allows
-                fit = max(1, int(budget / record["seconds"]))
-                trainer.schedule = dataclasses.replace(
-                    trainer.schedule, total_steps=fit * trainer.steps_per_epoch
-                )
-            _, test_acc = evaluate(
-                trainer.net, trainer.rule, trainer.data.test_x, trainer.data.test_y, data.n_classes
+        except TrainingError as error:  # keep what was measured; say why it ended
+            print(f"{rule}: {error}", flush=True)
+            return points, str(error)
+        spent += record["seconds"]
+        if epoch == 1:  # stretch the cosine schedule over the epochs the budget allows
+            fit = max(1, int(budget / record["seconds"]))
+            trainer.schedule = dataclasses.replace(
+                trainer.schedule, total_steps=fit * trainer.steps_per_epoch
             )
-            points.append(
-                {
-                    "epoch": epoch,
-                    "seconds": spent,
-                    "test_error": 1 - test_acc,
-                    "val_accuracy": record["val_accuracy"],
-                }
-            )
-            print(
-                f"{rule} epoch {epoch}: {spent:7.1f} s, test error {100 * (1 - test_acc):.2f}%",
-                flush=True,
-            )
-        out[rule] = points
-    (RESULTS / "es_curves.json").write_text(json.dumps({"settings": RULES, "runs": out}, indent=1))
+        _, test_acc = evaluate(
+            trainer.net, trainer.rule, trainer.data.test_x, trainer.data.test_y, data.n_classes
+        )
+        points.append(
+            {
+                "epoch": epoch,
+                "seconds": spent,
+                "test_error": 1 - test_acc,
+                "val_accuracy": record["val_accuracy"],
+            }
+        )
+        print(
+            f"{rule} epoch {epoch}: {spent:7.1f} s, test error {100 * (1 - test_acc):.2f}%",
+            flush=True,
+        )
+    return points, None
+
+
+def plot(runs: dict[str, list[dict]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for rule, points in out.items():
+    for rule, points in runs.items():
         ax.plot(
             [p["seconds"] / 60 for p in points],
             [100 * p["test_error"] for p in points],
-            marker=".",
+            marker="." if len(points) < 100 else None,
             label=rule,
         )
     ax.set_xlabel("training time (minutes, 2 CPU cores)")
@@ -161,8 +188,9 @@ def curves(args) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "es_curves.png", dpi=120)
-    print(f"wrote {RESULTS / 'es_curves.png'}")
+    image = RESULTS / "es_curves.png"
+    fig.savefig(image, dpi=120)
+    print(f"wrote {image}")
 
 
 def main() -> None:

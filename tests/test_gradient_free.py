@@ -1,5 +1,7 @@
 """Evolution strategies and hill climbing: the batched population and what the rules promise."""
 
+import math
+
 import pytest
 import torch
 
@@ -115,6 +117,26 @@ def test_hillclimb_never_accepts_a_step_that_raises_the_batch_loss():
     assert 0 < accepted < 60  # it does move, and it does refuse
 
 
+def test_hillclimb_step_size_settles_where_the_target_share_of_proposals_improve():
+    # The step size is multiplied by grow per improving proposal and by shrink per other one,
+    # so over a run the share of improving proposals approaches ln(1/shrink) / ln(grow/shrink)
+    # (45% with the defaults) however many proposals a step scores. Counted per step instead,
+    # the best of 8 improves far more often than that and the step size runs away.
+    torch.manual_seed(0)
+    net = cl.mlp([6, 8, 3], activation="tanh", loss="mse", dtype=torch.float64, seed=0)
+    x, y = torch.randn(64, 6, dtype=torch.float64), torch.randn(64, 3, dtype=torch.float64)
+    climber = cl.rule("hillclimb", proposals=8, step=0.5)
+    shares = []
+    for _ in range(400):
+        update = climber.updates(net, x, y)
+        for name, p in net.parameters().items():
+            p.sub_(update[name])
+        shares.append(climber.metrics["improving"])
+    target = math.log(1 / 0.96) / math.log(1.05 / 0.96)
+    assert abs(sum(shares[100:]) / 300 - target) < 0.08
+    assert 1e-6 < climber.step_size < 0.5
+
+
 def test_hillclimb_is_applied_as_is_whatever_the_optimizer(digits):
     config = TrainConfig(
         rule="hillclimb",
@@ -132,7 +154,7 @@ def test_hillclimb_is_applied_as_is_whatever_the_optimizer(digits):
 
 
 # Digits, model mlp:64, 20 epochs, seed 0. Measured: es (population 100, sigma 0.05, adam lr
-# 0.01) 93.9%; hillclimb (defaults) 37.5%. Chance is 10%.
+# 0.01) 93.9%; hillclimb (defaults) 36.4% (seeds 1 and 2: 41.7%). Chance is 10%.
 @pytest.mark.parametrize(
     ("rule", "opts", "extra", "bar"),
     [

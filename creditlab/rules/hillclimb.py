@@ -1,14 +1,22 @@
 """Hill climbing: the simplest learner that uses no gradient information at all.
 
 Each step proposes a random Gaussian perturbation delta of every parameter and keeps it only if
-the loss on the batch falls; the step size grows after an accepted proposal and shrinks after a
-rejected one. With `proposals` > 1, several perturbations are scored in one batched pass and the
-best is kept (if it improves). It is the baseline that shows what any gradient information buys.
+the loss on the batch falls; the step size grows after an improving proposal and shrinks after
+one that does not. With `proposals` > 1, several perturbations are scored in one batched pass and
+the best is kept (if it improves). It is the baseline that shows what any gradient information
+buys.
 
-The update is the accepted step itself (-delta, so that theta - update = theta + delta) or zero.
-Its size is the rule's own business, so the training loop applies it as is (plain SGD with rate
-1, whatever --optimizer and --lr say): scaled or smoothed by momentum, an accepted step could
-raise the loss after all.
+The step size adapts per proposal, not per step: it is multiplied by `grow` for every proposal
+that beats the current loss and by `shrink` for every one that does not, so it settles where a
+fraction ln(1/shrink) / ln(grow / shrink) of the proposals improve, whatever their number. The
+defaults aim at 45%: in many dimensions a small random step improves a smooth loss about half
+the time, so a step at which nearly half improve is still in the near-linear regime, where
+beating the batch loss says something about the loss on other batches. With 1.1 and 0.97
+(24%, near Rechenberg's one-fifth rule) and the adaptation counted per step, MNIST (784-100-10,
+batch 512, 8 proposals) drove the step size up a hundredfold in 20 epochs: the accepted steps
+fitted the noise of each batch, the training loss climbed to 121 and after 313 epochs
+overflowed. Counted per proposal at 24% the loss still climbed (1.1 at epoch 10, 10 at epoch
+40); at 45% it fell (1.32 at epoch 10, 0.85 at epoch 20).
 """
 
 from __future__ import annotations
@@ -29,8 +37,8 @@ class HillClimb(Rule):
     applies_own_step = True
     options = {
         "step": Option(float, 0.01, "initial standard deviation of a proposal"),
-        "grow": Option(float, 1.1, "step size factor after an accepted proposal"),
-        "shrink": Option(float, 0.97, "step size factor after a rejected proposal"),
+        "grow": Option(float, 1.05, "step size factor per improving proposal"),
+        "shrink": Option(float, 0.96, "step size factor per proposal that does not improve"),
         "proposals": Option(int, 1, "perturbations scored per step; the best is kept"),
     }
 
@@ -59,17 +67,20 @@ class HillClimb(Rule):
         losses = population_losses(net, x, y, stack_members(params, [None, *deltas]))
         self.last_loss = losses[0]
         best = int(losses[1:].argmin())
+        improving = int((losses[1:] < losses[0]).sum())
+        factor = self.opts["grow"] ** improving
+        factor *= self.opts["shrink"] ** (len(deltas) - improving)
+        self.step_size = max(self.step_size * factor, 1e-12)
         self.proposed += 1
         if losses[1 + best] < losses[0]:
             self.accepted += 1
-            self.step_size *= self.opts["grow"]
             update = {name: -d for name, d in deltas[best].items()}
         else:
-            self.step_size = max(self.step_size * self.opts["shrink"], 1e-12)
             update = {name: torch.zeros_like(p) for name, p in params.items()}
         self.metrics = {
             "step_size": self.step_size,
             "acceptance": self.accepted / self.proposed,
+            "improving": improving / len(deltas),  # what the step size adapts to
         }
         return update
 
