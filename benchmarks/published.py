@@ -33,6 +33,11 @@ from creditlab.train import TrainConfig, Trainer
 HERE = Path(__file__).parent
 TANH_5X256 = dict(model="mlp:256-256-256-256-256", activation="tanh", optimizer="adam")
 
+TANH_2X800_DROPOUT = dict(
+    model="mlp:800-800", activation="tanh", dropout=0.2, optimizer="adam", lr=1e-4
+)
+RELU_3X256 = dict(model="mlp:256-256-256", optimizer="adam", lr=1e-3)
+
 EXPERIMENTS: dict[str, dict[str, dict]] = {
     "bartunov": {
         "bp": dict(rule="bp", lr=1e-3, **TANH_5X256),
@@ -43,27 +48,13 @@ EXPERIMENTS: dict[str, dict[str, dict]] = {
         "frsf": dict(rule="frsf", lr=1e-3, **TANH_5X256),
     },
     "nokland": {
-        "dfa-dropout": dict(
-            rule="dfa",
-            model="mlp:800-800",
-            activation="tanh",
-            dropout=0.2,
-            optimizer="adam",
-            lr=1e-4,
-        ),
-        "bp-dropout": dict(
-            rule="bp",
-            model="mlp:800-800",
-            activation="tanh",
-            dropout=0.2,
-            optimizer="adam",
-            lr=1e-4,
-        ),
+        "dfa-dropout": dict(rule="dfa", **TANH_2X800_DROPOUT),
+        "bp-dropout": dict(rule="bp", **TANH_2X800_DROPOUT),
     },
     "dni": {
-        "bp": dict(rule="bp", model="mlp:256-256-256", optimizer="adam", lr=1e-3),
-        "dni": dict(rule="dni", model="mlp:256-256-256", optimizer="adam", lr=1e-3),
-        "cdni": dict(rule="cdni", model="mlp:256-256-256", optimizer="adam", lr=1e-3),
+        "bp": dict(rule="bp", **RELU_3X256),
+        "dni": dict(rule="dni", **RELU_3X256),
+        "cdni": dict(rule="cdni", **RELU_3X256),
     },
 }
 DEFAULT_EPOCHS = {"bartunov": 60, "nokland": 100, "dni": 30}
