@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from creditlab.train import TrainConfig, Trainer
+from creditlab.experiments.train import TrainConfig, Trainer
 
 
 def main() -> None:

@@ -4,7 +4,8 @@
     python benchmarks/es_mnist.py curves                # bp, es, hillclimb: error vs wall time
 
 `speed` scores the same population of perturbed networks on the same batch twice: in one
-batched forward pass (creditlab.population) and member by member through the ordinary forward
+batched forward pass (creditlab.rules.machinery.population) and member by member through the
+ordinary forward
 pass, and prints evaluations (member x batch) per second for each and the ratio.
 
 `curves` trains each rule for a budget of training time (bp 5 minutes, es 30, hillclimb 10;
@@ -28,16 +29,16 @@ from pathlib import Path
 import torch
 
 import creditlab as cl
-from creditlab.checkpoint import write_json
 from creditlab.data import load_dataset
 from creditlab.errors import TrainingError
-from creditlab.population import (
+from creditlab.experiments.checkpoint import write_json
+from creditlab.experiments.train import TrainConfig, Trainer, evaluate
+from creditlab.rules.machinery.population import (
     antithetic_losses,
     antithetic_members,
     population_losses,
     split_like,
 )
-from creditlab.train import TrainConfig, Trainer, evaluate
 
 RESULTS = Path(__file__).parent / "results"
 

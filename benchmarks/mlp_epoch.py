@@ -20,7 +20,7 @@ import time
 import torch
 
 from creditlab.data import load_dataset
-from creditlab.train import TrainConfig, Trainer, epoch_permutation
+from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation
 
 
 def torch_model(trainer: Trainer) -> torch.nn.Sequential:

@@ -1,5 +1,6 @@
 """creditlab: backpropagation and the learning rules proposed to replace it, on one engine."""
 
+from creditlab.engine.network import Network, Trace, mlp
 from creditlab.errors import (
     CreditlabError,
     DataError,
@@ -8,7 +9,6 @@ from creditlab.errors import (
     UnknownNameError,
     UsageError,
 )
-from creditlab.network import Network, Trace, mlp
 from creditlab.rules import RULES, Rule, rule
 
 __version__ = "0.1.0"

@@ -37,7 +37,7 @@ def _rule_opts(items: list[str], rule_name: str) -> dict[str, str]:
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
-    from creditlab.train import TrainConfig
+    from creditlab.experiments.train import TrainConfig
 
     d = TrainConfig()
     p.add_argument(
@@ -109,7 +109,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args, rule_name: str, rule_opts: dict):
-    from creditlab.train import TrainConfig
+    from creditlab.experiments.train import TrainConfig
 
     return TrainConfig(
         dataset=args.dataset,
@@ -153,7 +153,7 @@ def _fresh_dir(base: Path) -> Path:
 
 
 def cmd_train(args) -> int:
-    from creditlab.train import train
+    from creditlab.experiments.train import train
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
     config = config_from_args(args, args.rule, _rule_opts(args.rule_opt, args.rule))
@@ -179,7 +179,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from creditlab import compare
+    from creditlab.experiments import compare
 
     if args.report_only:
         if args.out is None:
@@ -206,7 +206,7 @@ def cmd_compare(args) -> int:
             file=sys.stderr,
         )
         return 130
-    from creditlab import report
+    from creditlab.experiments import report
 
     print(report.markdown_table(report.tables(record)[0]))
     diverged = [
@@ -219,7 +219,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_gradcheck(args) -> int:
-    from creditlab import gradcheck
+    from creditlab.experiments import gradcheck
 
     results = gradcheck.run(trials=args.trials, seed=args.seed)
     failed = 0

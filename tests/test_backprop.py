@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import creditlab as cl
-from creditlab import gradcheck
-from creditlab.activations import ACTIVATIONS
-from creditlab.backward import backward_sweep, output_delta
-from creditlab.losses import LOSSES
+from creditlab.engine.activations import ACTIVATIONS
+from creditlab.engine.backward import backward_sweep, output_delta
+from creditlab.engine.losses import LOSSES
+from creditlab.experiments import gradcheck
 from tests.conftest import make_dag
 
 
@@ -111,7 +111,8 @@ def test_gradcheck_command_passes_and_reports_every_parameter():
 
 
 def test_gradcheck_command_fails_on_a_wrong_derivative(monkeypatch, capsys):
-    from creditlab import activations, cli
+    from creditlab import cli
+    from creditlab.engine import activations
 
     broken = activations.Activation("tanh", torch.tanh, lambda s, z: 1 - z, "glorot")
     monkeypatch.setitem(activations.ACTIVATIONS, "tanh", broken)
@@ -122,7 +123,7 @@ def test_gradcheck_command_fails_on_a_wrong_derivative(monkeypatch, capsys):
 
 
 def test_local_updates_equal_autograd_of_a_per_group_loss():
-    from creditlab.local import local_updates, squared_error
+    from creditlab.rules.machinery.local import local_updates, squared_error
 
     net = make_dag()
     x = torch.randn(6, 4, dtype=torch.float64)

@@ -15,11 +15,12 @@ from typing import ClassVar
 import pytest
 import torch
 
-from creditlab import cli, compare
+from creditlab import cli
 from creditlab.errors import UsageError
+from creditlab.experiments import compare
+from creditlab.experiments.train import Trainer
 from creditlab.rules import RULES, Option, Rule
 from creditlab.rules.bp import Backprop
-from creditlab.train import Trainer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("val_accuracy.png", "alignment.png", "feedback_alignment.png")

@@ -10,12 +10,18 @@ import pytest
 import torch
 
 import creditlab as cl
-from creditlab import cli, gradcheck
-from creditlab.backward import backward_sweep, incoming_signal, output_delta, transpose_feedback
-from creditlab.blocks import Synthesizer, condition
+from creditlab import cli
+from creditlab.engine.backward import (
+    backward_sweep,
+    incoming_signal,
+    output_delta,
+    transpose_feedback,
+)
 from creditlab.errors import UsageError
-from creditlab.models import skip_network
-from creditlab.train import TrainConfig, Trainer
+from creditlab.experiments import gradcheck
+from creditlab.experiments.models import skip_network
+from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.rules.machinery.blocks import Synthesizer, condition
 from tests.conftest import make_dag, straight_and_resumed
 
 

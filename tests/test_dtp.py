@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import creditlab as cl
-from creditlab import gradcheck
 from creditlab.errors import UsageError
-from creditlab.inverses import InverseMappings
-from creditlab.models import skip_network
-from creditlab.train import TrainConfig, Trainer
+from creditlab.experiments import gradcheck
+from creditlab.experiments.models import skip_network
+from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.rules.machinery.inverses import InverseMappings
 from tests.conftest import make_dag
 
 BETA = 0.3

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 import creditlab as cl
-from creditlab.diagnostics import cosine
 from creditlab.errors import UsageError
-from creditlab.gradcheck import random_batch, random_dag
-from creditlab.population import (
+from creditlab.experiments.diagnostics import cosine
+from creditlab.experiments.gradcheck import random_batch, random_dag
+from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.rules.machinery.population import (
     antithetic_losses,
     antithetic_members,
     population_losses,
     stack_members,
 )
-from creditlab.train import TrainConfig, Trainer
 from tests.conftest import make_dag, straight_and_resumed
 
 

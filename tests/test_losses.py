@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from creditlab.engine.losses import LOSSES, loss
 from creditlab.errors import UnknownNameError, UsageError
-from creditlab.losses import LOSSES, loss
 
 Z = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
 TARGETS = {

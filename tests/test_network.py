@@ -7,7 +7,7 @@ import torch
 
 import creditlab as cl
 from creditlab.errors import GraphError, UnknownNameError, UsageError
-from creditlab.models import build_model
+from creditlab.experiments.models import build_model
 from tests.conftest import make_dag
 
 
@@ -199,7 +199,7 @@ def test_bad_model_strings():
 
 
 def test_emit_changes_what_readers_receive_and_weight_updates_use_it():
-    from creditlab.backward import weight_updates
+    from creditlab.engine.backward import weight_updates
 
     net = make_dag()
     x = torch.randn(5, 4, dtype=torch.float64)

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import creditlab as cl
-from creditlab import gradcheck
-from creditlab.diagnostics import cosine
-from creditlab.energy import relax
+from creditlab.engine.network import bias_name, weight_name
 from creditlab.errors import TrainingError, UsageError
-from creditlab.models import build_model
-from creditlab.network import bias_name, weight_name
-from creditlab.train import TrainConfig, Trainer
+from creditlab.experiments import gradcheck
+from creditlab.experiments.diagnostics import cosine
+from creditlab.experiments.models import build_model
+from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.rules.machinery.energy import relax
 from tests.conftest import make_dag
 
 
@@ -126,7 +126,8 @@ def test_fixed_prediction_with_dropout_is_bp_with_the_same_masks():
 # ---- the energy and its relaxation against autograd -----------------------------------------
 def autograd_energy(net, x, y, values, params, gamma):
     """F = sum over hidden j of 0.5 ||v_j - f_j(s_j)||^2 + gamma L, mean over the batch, written
-    independently of creditlab.energy (s_j from the value nodes, the input clamped to x)."""
+    independently of creditlab.rules.machinery.energy (s_j from the value nodes, the input
+    clamped to x)."""
     v = {net.input_name: x, **values}
     total = 0.0
     for j in net.order[1:]:

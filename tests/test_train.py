@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from creditlab import checkpoint
 from creditlab.errors import CreditlabError, TrainingError, UsageError
+from creditlab.experiments import checkpoint
+from creditlab.experiments.train import TrainConfig, Trainer, train
 from creditlab.rules.bp import Backprop
-from creditlab.train import TrainConfig, Trainer, train
 from tests.conftest import straight_and_resumed
 
 

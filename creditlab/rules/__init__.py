@@ -1,5 +1,7 @@
 """The registry of learning rules: every module in this package defines one rule.
 
+Shared machinery that several rules use lives in the subpackage `machinery`.
+
 Adding a rule is adding a file here with a Rule subclass that sets `name`; it is found by name
 without touching any other file.
 """
@@ -20,7 +22,7 @@ RULES: dict[str, type[Rule]] = {}
 
 def _discover() -> None:
     for module in pkgutil.iter_modules(__path__):
-        if module.name == "base":
+        if module.name == "base" or module.ispkg:  # machinery/ holds shared parts, not rules
             continue
         loaded = importlib.import_module(f"{__name__}.{module.name}")
         for obj in vars(loaded).values():

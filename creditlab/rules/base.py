@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from creditlab.engine.network import Network
 from creditlab.errors import UsageError
-from creditlab.network import Network
 
 Tensor = torch.Tensor
 

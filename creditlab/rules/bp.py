@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from creditlab.backward import backward_sweep, output_delta, weight_updates
+from creditlab.engine.backward import backward_sweep, output_delta, weight_updates
 from creditlab.rules.base import Rule
 
 

@@ -2,7 +2,8 @@
 
 Errors return along B_jk = c M_jk o sign(W_jk)^T, with fresh magnitudes M_jk, uniform on
 [0, 1), for every batch and the signs of the current forward weights. c is set at every step so
-that ||B_jk||_F = scale ||W_jk||_F; see creditlab.feedback.SignConcordant. The magnitudes come
+that ||B_jk||_F = scale ||W_jk||_F; see creditlab.rules.machinery.feedback.SignConcordant. The
+magnitudes come
 from the rule's own generator on the network's device, seeded by the network's seed; its state
 is saved, so a resumed run draws the same magnitudes.
 """
@@ -13,7 +14,9 @@ from typing import ClassVar
 
 import torch
 
-from creditlab.feedback import (
+from creditlab.engine.network import Network
+from creditlab.rules.base import Option
+from creditlab.rules.machinery.feedback import (
     FeedbackRule,
     SignConcordant,
     connection_shapes,
@@ -22,8 +25,6 @@ from creditlab.feedback import (
     seed_for,
     state_part,
 )
-from creditlab.network import Network
-from creditlab.rules.base import Option
 
 
 class BatchRandomSignFeedback(FeedbackRule):

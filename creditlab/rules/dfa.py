@@ -25,8 +25,10 @@ from typing import ClassVar
 
 import torch
 
-from creditlab.backward import local_delta, output_delta, weight_updates
-from creditlab.feedback import (
+from creditlab.engine.backward import local_delta, output_delta, weight_updates
+from creditlab.engine.network import Network
+from creditlab.rules.base import Option, Rule
+from creditlab.rules.machinery.feedback import (
     FixedMatrices,
     distribution_option,
     positive,
@@ -35,8 +37,6 @@ from creditlab.feedback import (
     seed_for,
     state_part,
 )
-from creditlab.network import Network
-from creditlab.rules.base import Option, Rule
 
 
 class DirectFeedbackAlignment(Rule):

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from creditlab.backward import weight_updates
-from creditlab.blocks import (
+from creditlab.engine.backward import weight_updates
+from creditlab.rules.base import Option, Rule
+from creditlab.rules.machinery.blocks import (
     SYNTH_KINDS,
     SYNTH_OPTIMIZERS,
     Oracle,
     SyntheticGradients,
     resolve_boundaries,
 )
-from creditlab.rules.base import Option, Rule
 
 
 class DNI(Rule):

@@ -1,8 +1,10 @@
 """Difference target propagation (Lee et al. 2015; as assessed by Bartunov et al. 2018).
 
 Every hidden group gets a target activity h^_j instead of an error signal, and moves toward it
-by its own local loss E_j = 0.5 ||z_j - h^_j||^2 (creditlab.local). Targets travel down a chain
-input -> h1 -> ... -> hL -> output through learned inverses g_k (creditlab.inverses), with the
+by its own local loss E_j = 0.5 ||z_j - h^_j||^2 (creditlab.rules.machinery.local). Targets
+travel down a chain
+input -> h1 -> ... -> hL -> output through learned inverses g_k
+(creditlab.rules.machinery.inverses), with the
 difference correction that makes the scheme work with imperfect inverses:
 
     top="gradient" (DTP, Lee et al.; Bartunov et al.'s DTP):
@@ -39,13 +41,18 @@ from typing import ClassVar
 
 import torch
 
-from creditlab.activations import ACTIVATIONS
-from creditlab.backward import incoming_signal, local_delta, transpose_feedback
+from creditlab.engine.activations import ACTIVATIONS
+from creditlab.engine.backward import incoming_signal, local_delta, transpose_feedback
+from creditlab.engine.network import Network, Trace, weight_name
 from creditlab.errors import UsageError
-from creditlab.inverses import INVERSE_OPTIMIZERS, InverseMappings, chain, mapping_names
-from creditlab.local import local_updates
-from creditlab.network import Network, Trace, weight_name
 from creditlab.rules.base import Option, Rule
+from creditlab.rules.machinery.inverses import (
+    INVERSE_OPTIMIZERS,
+    InverseMappings,
+    chain,
+    mapping_names,
+)
+from creditlab.rules.machinery.local import local_updates
 
 Tensor = torch.Tensor
 

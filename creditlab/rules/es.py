@@ -18,9 +18,14 @@ from __future__ import annotations
 import torch
 
 from creditlab.errors import UsageError
-from creditlab.population import NoiseTable, antithetic_losses, population_bytes, split_like
-from creditlab.randomness import RuleGenerator
 from creditlab.rules.base import Option, Rule
+from creditlab.rules.machinery.population import (
+    NoiseTable,
+    antithetic_losses,
+    population_bytes,
+    split_like,
+)
+from creditlab.rules.machinery.randomness import RuleGenerator
 
 
 def centred_ranks(losses: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from creditlab.feedback import (
+from creditlab.engine.network import Network
+from creditlab.rules.base import Option
+from creditlab.rules.machinery.feedback import (
     FeedbackRule,
     FixedMatrices,
     connection_groups,
@@ -32,8 +34,6 @@ from creditlab.feedback import (
     seed_for,
     state_part,
 )
-from creditlab.network import Network
-from creditlab.rules.base import Option
 
 
 class FeedbackAlignment(FeedbackRule):

@@ -14,7 +14,8 @@ temperature * size_j: both per unit, so that groups of any size share them (Hint
 threshold 1 and T_j = 1, i.e. temperature 1 / size; 0.05 learned faster on MNIST and digits).
 `loss=symmetric` pits each positive row against its negative twin instead. The signal
 dE_j/dz_j = 2 z_j dE_j/dG_j becomes the update of the weights into j by
-creditlab.local.local_updates. Readers of j receive z_j length-normalised (Network.forward's
+creditlab.rules.machinery.local.local_updates. Readers of j receive z_j length-normalised
+(Network.forward's
 emit) and nothing travels back, so that update depends on j's own loss alone. Peer
 normalisation (`peer`) adds Hinton's regulariser; the machinery is in creditlab/goodness.py.
 
@@ -38,8 +39,10 @@ from __future__ import annotations
 
 import torch
 
+from creditlab.engine.network import Network, Trace
 from creditlab.errors import UsageError
-from creditlab.goodness import (
+from creditlab.rules.base import Option, Rule
+from creditlab.rules.machinery.goodness import (
     LOSSES,
     PeerNormalisation,
     check_input,
@@ -49,10 +52,8 @@ from creditlab.goodness import (
     with_labels,
     with_neutral_label,
 )
-from creditlab.local import local_updates
-from creditlab.network import Network, Trace
-from creditlab.randomness import RuleGenerator
-from creditlab.rules.base import Option, Rule
+from creditlab.rules.machinery.local import local_updates
+from creditlab.rules.machinery.randomness import RuleGenerator
 
 Tensor = torch.Tensor
 ROWS_PER_PASS = 4096  # bounds the memory of the all-label pass (n_classes rows per image)

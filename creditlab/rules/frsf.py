@@ -2,7 +2,8 @@
 
 Errors return along B_jk = c M_jk o sign(W_jk)^T: magnitudes M_jk drawn once, uniform on
 [0, 1) (seeded, saved in checkpoints), with the signs of the current forward weights. c is set
-at every step so that ||B_jk||_F = scale ||W_jk||_F; see creditlab.feedback.SignConcordant.
+at every step so that ||B_jk||_F = scale ||W_jk||_F; see
+creditlab.rules.machinery.feedback.SignConcordant.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import ClassVar
 
 import torch
 
-from creditlab.feedback import (
+from creditlab.engine.network import Network
+from creditlab.rules.base import Option
+from creditlab.rules.machinery.feedback import (
     FeedbackRule,
     FixedMatrices,
     SignConcordant,
@@ -21,8 +24,6 @@ from creditlab.feedback import (
     seed_for,
     state_part,
 )
-from creditlab.network import Network
-from creditlab.rules.base import Option
 
 
 class FixedRandomSignFeedback(FeedbackRule):

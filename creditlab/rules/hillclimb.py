@@ -26,9 +26,9 @@ import math
 import torch
 
 from creditlab.errors import UsageError
-from creditlab.population import population_losses, stack_members
-from creditlab.randomness import RuleGenerator
 from creditlab.rules.base import Option, Rule
+from creditlab.rules.machinery.population import population_losses, stack_members
+from creditlab.rules.machinery.randomness import RuleGenerator
 
 
 class HillClimb(Rule):

@@ -26,10 +26,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from creditlab.backward import weight_updates
-from creditlab.energy import relax, relax_fixed_prediction
+from creditlab.engine.backward import weight_updates
 from creditlab.errors import TrainingError, UsageError
 from creditlab.rules.base import Option, Rule
+from creditlab.rules.machinery.energy import relax, relax_fixed_prediction
 
 Tensor = torch.Tensor
 

@@ -3,15 +3,15 @@
 Errors return along B_jk = c sign(W_jk)^T: the signs of the current forward weights, one
 magnitude for all. c is set at every step so that ||B_jk||_F = scale ||W_jk||_F (c is the
 root mean square of W_jk's nonzero entries), keeping the feedback on W^T's scale; see
-creditlab.feedback.SignConcordant.
+creditlab.rules.machinery.feedback.SignConcordant.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from creditlab.feedback import FeedbackRule, SignConcordant, positive, scale_option
 from creditlab.rules.base import Option
+from creditlab.rules.machinery.feedback import FeedbackRule, SignConcordant, positive, scale_option
 
 
 class UniformSignFeedback(FeedbackRule):

@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from creditlab.backward import incoming_signal, local_delta, transpose_feedback
-from creditlab.network import Network, Trace
+from creditlab.engine.backward import incoming_signal, local_delta, transpose_feedback
+from creditlab.engine.network import Network, Trace
 
 Tensor = torch.Tensor
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from creditlab.network import Network, Trace, bias_name, weight_name
+from creditlab.engine.network import Network, Trace, bias_name, weight_name
 
 Tensor = torch.Tensor
 # feedback(i, j) gives the (size_j, size_i) matrix that carries delta_j back to group i.

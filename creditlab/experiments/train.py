@@ -22,14 +22,15 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from creditlab import checkpoint
-from creditlab.activations import activation as lookup_activation
 from creditlab.data import Dataset, load_dataset
-from creditlab.diagnostics import probe
+from creditlab.engine.activations import activation as lookup_activation
+from creditlab.engine.devices import resolve_device
+from creditlab.engine.losses import loss as lookup_loss
+from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
-from creditlab.losses import loss as lookup_loss
-from creditlab.models import build_model
-from creditlab.network import Network, resolve_device, resolve_dtype
+from creditlab.experiments import checkpoint
+from creditlab.experiments.diagnostics import probe
+from creditlab.experiments.models import build_model
 from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
 from creditlab.rules import Rule, rule
 

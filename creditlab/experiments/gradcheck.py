@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from creditlab.activations import ACTIVATIONS, LEAKY_SLOPE
-from creditlab.losses import LOSSES
-from creditlab.network import Network, bias_name, weight_name
+from creditlab.engine.activations import ACTIVATIONS, LEAKY_SLOPE
+from creditlab.engine.losses import LOSSES
+from creditlab.engine.network import Network, bias_name, weight_name
 from creditlab.rules import rule
 
 Tensor = torch.Tensor

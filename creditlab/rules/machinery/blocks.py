@@ -40,9 +40,9 @@ from typing import Any
 
 import torch
 
-from creditlab.backward import incoming_signal, local_delta, output_delta, transpose_feedback
+from creditlab.engine.backward import incoming_signal, local_delta, output_delta, transpose_feedback
+from creditlab.engine.network import Network, Trace
 from creditlab.errors import UsageError
-from creditlab.network import Network, Trace
 from creditlab.optim import SGD, Adam, Optimizer
 
 Tensor = torch.Tensor

@@ -8,7 +8,7 @@ positive data and low on negative data. A group passes its activity upward only 
 normalisation, so the group above cannot read the goodness below off the vector's length and
 must find new features of its own; no error signal crosses groups.
 
-The losses return dE_j/dz_j per example, scaled for creditlab.backward.weight_updates, which
+The losses return dE_j/dz_j per example, scaled for creditlab.engine.backward.weight_updates, which
 averages z_i^T delta_j over every row of the forward pass (positive and negative rows both).
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from creditlab.engine.network import Network, Trace, bias_name, weight_name
 from creditlab.errors import UsageError
-from creditlab.network import Network, Trace, bias_name, weight_name
 
 Tensor = torch.Tensor
 EPS = 1e-8  # keeps a silent group's normalised activity at 0 instead of 0/0

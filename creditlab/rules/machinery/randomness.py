@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from creditlab.network import Network
+from creditlab.engine.network import Network
 
 
 class RuleGenerator:

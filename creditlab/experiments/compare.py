@@ -8,7 +8,8 @@ weights and sees the same batches for the same number of epochs. The data set is
 Each run lives in out_dir/runs/RULE-seedN/ and checkpoints after every epoch, so a compare that
 is run again picks up where it stopped: finished runs are kept, the unfinished one resumes from
 its checkpoint. A run folder made with other settings is never overwritten silently. The
-results of every run, with the compare's settings, go to out_dir/results.json; creditlab.report
+results of every run, with the compare's settings, go to out_dir/results.json;
+creditlab.experiments.report
 draws the table, the plots and the HTML page from them.
 """
 
@@ -28,12 +29,12 @@ from typing import Any
 
 import torch
 
-from creditlab import checkpoint, report
 from creditlab.data import Dataset, load_dataset
+from creditlab.engine.devices import resolve_device
 from creditlab.errors import TrainingError, UsageError
-from creditlab.network import resolve_device
+from creditlab.experiments import checkpoint, report
+from creditlab.experiments.train import TrainConfig, Trainer, differing_fields, targets_for
 from creditlab.rules import rule, rule_class
-from creditlab.train import TrainConfig, Trainer, differing_fields, targets_for
 
 DEFAULT_RULES = ("bp", "fa", "dfa", "dni")
 KIND = "creditlab-compare"  # marks a folder's results.json as a compare's

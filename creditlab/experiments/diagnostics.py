@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from creditlab.network import Network
+from creditlab.engine.network import Network
 from creditlab.rules import Rule, rule
 
 Tensor = torch.Tensor

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from creditlab.activations import Activation
-from creditlab.activations import activation as lookup_activation
+from creditlab.engine.activations import Activation
+from creditlab.engine.activations import activation as lookup_activation
+from creditlab.engine.devices import resolve_device
+from creditlab.engine.losses import Loss
+from creditlab.engine.losses import loss as lookup_loss
 from creditlab.errors import GraphError, UsageError
-from creditlab.losses import Loss
-from creditlab.losses import loss as lookup_loss
 
 Tensor = torch.Tensor
 INITS = ("glorot", "he")
@@ -75,18 +76,6 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}")
     return DTYPES[dtype]
-
-
-def resolve_device(device: torch.device | str) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError as err:
-        raise UsageError(f"unknown device {device!r}: {err}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' asked for, but torch sees no CUDA GPU")
-    return device
 
 
 class Network:

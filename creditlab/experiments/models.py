@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from creditlab.engine.network import Network, mlp
 from creditlab.errors import UsageError
-from creditlab.network import Network, mlp
 
 MODEL_KINDS = ("mlp:H1-H2-...", "skip:H1-H2-...", "PATH.json")
 

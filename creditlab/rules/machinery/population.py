@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from creditlab.network import Network, bias_name, weight_name
+from creditlab.engine.network import Network, bias_name, weight_name
 
 Tensor = torch.Tensor
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from creditlab.backward import local_delta, weight_updates
-from creditlab.network import Network, Trace
+from creditlab.engine.backward import local_delta, weight_updates
+from creditlab.engine.network import Network, Trace
 
 Tensor = torch.Tensor
 

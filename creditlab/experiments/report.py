@@ -1,6 +1,7 @@
 """The compare report: table.md, PNG plots and index.html, drawn from a compare's results.
 
-Everything here reads the aggregated record that creditlab.compare writes to results.json and
+Everything here reads the aggregated record that creditlab.experiments.compare writes to
+results.json and
 nothing else, so a report can be drawn again from a folder on disk. index.html carries its
 plots inside it as data: URIs and has no other outside reference, so it opens in any browser,
 offline, even when copied away from its folder; the PNG files are written beside it as well.
@@ -24,7 +25,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from creditlab.checkpoint import atomic_write
+from creditlab.experiments.checkpoint import atomic_write
 
 MIB = 2**20
 COLORS = (

@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import torch
 
-from creditlab.backward import backward_sweep, output_delta, weight_updates
+from creditlab.engine.backward import backward_sweep, output_delta, weight_updates
+from creditlab.engine.network import Network, weight_name
 from creditlab.errors import UsageError
-from creditlab.network import Network, weight_name
 from creditlab.rules.base import Option, Rule
 
 Tensor = torch.Tensor

@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from creditlab.activations import Activation, activation
+from creditlab.engine.activations import Activation, activation
+from creditlab.engine.network import Network
 from creditlab.errors import UsageError
-from creditlab.network import Network
 from creditlab.optim import SGD, Adam, Optimizer
 
 Tensor = torch.Tensor

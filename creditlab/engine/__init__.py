@@ -1,0 +1,1 @@
+"""The engine: groups and their graph (network), the backward sweep, activations and losses."""
