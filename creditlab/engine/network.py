@@ -295,6 +295,10 @@ class Network:
         """Make `group` an output with this loss; the total loss weighs each output's loss.
 
         The first output is the network's prediction (net.predict, accuracy)."""
+        self._add_output(group, loss, weight)
+        self.validate()
+
+    def _add_output(self, group: Group | str, loss: str, weight: float) -> None:
         name = self._name_of(group, "output")
         if any(o.name == name for o in self.outputs):
             raise GraphError(f"group {name!r} is already an output")
@@ -323,7 +327,6 @@ class Network:
         if self.output_name is None:
             self.output_name, self.loss_fn = name, loss_fn
         self._order = None
-        self.validate()
 
     def _add(self, group: Group) -> Group:
         if group.name in self.groups:
@@ -556,9 +559,10 @@ class Network:
         outputs = spec.get("outputs") or [{"group": output, "loss": loss, "weight": 1.0}]
         try:
             for o in outputs:
-                net.output(o["group"], loss=o["loss"], weight=o.get("weight", 1.0))
+                net._add_output(o["group"], o["loss"], o.get("weight", 1.0))
         except (KeyError, TypeError) as err:
             raise GraphError(f"malformed network spec: bad outputs entry {err}") from None
+        net.validate()
         return net
 
     def _shape_groups(self, groups: list[Group]) -> None:

@@ -99,9 +99,20 @@ class PrimaryCapsules(Kind):
         return per_channel.mul_(1.0 / delta.shape[0])
 
 
-def softmax_vjp(c: Tensor, dc: Tensor) -> Tensor:
-    """dE/db for c = softmax(b) over the last dimension: c * (dc - sum of c dc)."""
-    return c * (dc - (c * dc).sum(dim=-1, keepdim=True))
+def softmax_vjp(c: Tensor, dc: Tensor, dim: int) -> Tensor:
+    """dE/db for c = softmax(b) over `dim`: c * (dc - sum of c dc)."""
+    return c * (dc - (c * dc).sum(dim=dim, keepdim=True))
+
+
+def weighted_sum(c: Tensor, u_hat: Tensor) -> Tensor:
+    """sum over i of c_ij u_hat_j|i: (N, n_j, n_i) and (N, n_j, n_i, d) -> (N, n_j, d), as one
+    batched matrix product (no copies)."""
+    return (c.unsqueeze(2) @ u_hat).squeeze(2)
+
+
+def agreement(u_hat: Tensor, v: Tensor) -> Tensor:
+    """u_hat_j|i . v_j: (N, n_j, n_i, d) and (N, n_j, d) -> (N, n_j, n_i)."""
+    return (u_hat @ v.unsqueeze(3)).squeeze(3)
 
 
 class RoutedCapsules(Kind):
@@ -123,19 +134,21 @@ class RoutedCapsules(Kind):
         return n_i * d_i, group.options["n"] * group.options["dim"]
 
     def forward(self, net, group, trace, inputs):
+        # Kept parent-major, u_hat (N, n_j, n_i, d_j) and c (N, n_j, n_i), so that the sums
+        # over children are batched matrix products without copies.
         (i,), j = group.ins, group.name
         u = inputs[0].reshape(-1, *net.groups[i].shape)  # (N, n_i, d_i)
-        u_hat = torch.einsum("ijdk,nik->nijd", net.W[(i, j)], u)  # (N, n_i, n_j, d_j)
+        u_hat = torch.einsum("ijdk,nik->njid", net.W[(i, j)], u)
         b = u_hat.new_zeros(u_hat.shape[:3])
         couplings, sums, outs = [], [], []
         rounds = group.options["routing"]
         for t in range(rounds):
-            c = torch.softmax(b, dim=2)
-            s = torch.einsum("nij,nijd->njd", c, u_hat)
+            c = torch.softmax(b, dim=1)  # over the parents j
+            s = weighted_sum(c, u_hat)
             couplings.append(c)
             if t + 1 < rounds:
                 v = squash(s)
-                b = b + torch.einsum("nijd,njd->nij", u_hat, v)
+                b = b + agreement(u_hat, v)
                 sums.append(s)
                 outs.append(v)
         trace.cache[j] = {"u_hat": u_hat, "c": couplings, "s": sums, "v": outs, "du_hat": None}
@@ -147,28 +160,28 @@ class RoutedCapsules(Kind):
         if memo["du_hat"] is not None and memo["du_hat"][0] is delta:
             return memo["du_hat"][1]
         u_hat, cs, ss, vs = memo["u_hat"], memo["c"], memo["s"], memo["v"]
-        g_s = delta.reshape(-1, *group.shape)
-        g_u = cs[-1].unsqueeze(3) * g_s.unsqueeze(1)
+        g_s = delta.reshape(-1, *group.shape)  # (N, n_j, d_j)
+        g_u = cs[-1].unsqueeze(3) * g_s.unsqueeze(2)
         if group.options["routing_gradient"] and len(cs) > 1:
             # b after iteration t is the sum of the agreements a_0 .. a_t; walk the loop back.
-            g_b = softmax_vjp(cs[-1], torch.einsum("nijd,njd->nij", u_hat, g_s))
+            g_b = softmax_vjp(cs[-1], agreement(u_hat, g_s), dim=1)
             for t in range(len(cs) - 2, -1, -1):
                 # a_t = u_hat . v_t, so dE/da_t = dE/db after iteration t = g_b.
-                g_u += g_b.unsqueeze(3) * vs[t].unsqueeze(1)
-                g_v = torch.einsum("nij,nijd->njd", g_b, u_hat)
+                g_u += g_b.unsqueeze(3) * vs[t].unsqueeze(2)
+                g_v = weighted_sum(g_b, u_hat)
                 g_st = squash_vjp(ss[t], vs[t], g_v)
-                g_u += cs[t].unsqueeze(3) * g_st.unsqueeze(1)
+                g_u += cs[t].unsqueeze(3) * g_st.unsqueeze(2)
                 if t > 0:  # the first couplings are uniform: b starts at 0
-                    g_b = g_b + softmax_vjp(cs[t], torch.einsum("nijd,njd->nij", u_hat, g_st))
+                    g_b = g_b + softmax_vjp(cs[t], agreement(u_hat, g_st), dim=1)
         memo["du_hat"] = (delta, g_u)
         return g_u
 
     def signal(self, net, trace, i, group, delta, F, out=None):
         g_u = self._du_hat(trace, group, delta)
-        back = torch.einsum("nijd,ijdk->nik", g_u, F).reshape(delta.shape[0], -1)
+        back = torch.einsum("njid,ijdk->nik", g_u, F).reshape(delta.shape[0], -1)
         return accumulate(out, back)
 
     def weight_grad(self, net, trace, i, group, delta):
         g_u = self._du_hat(trace, group, delta)
         u = trace.sent(i).reshape(-1, *net.groups[i].shape)
-        return torch.einsum("nijd,nik->ijdk", g_u, u).mul_(1.0 / delta.shape[0])
+        return torch.einsum("njid,nik->ijdk", g_u, u).mul_(1.0 / delta.shape[0])
