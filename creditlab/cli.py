@@ -251,6 +251,13 @@ def cmd_gradcheck(args) -> int:
     return 0
 
 
+def cmd_capsules(args) -> int:
+    from creditlab.experiments.capsules import figure4
+
+    print(f"wrote {figure4(args.run, args.out, args.examples)}")
+    return 0
+
+
 def cmd_rules(args) -> int:
     from creditlab.rules import RULES
 
@@ -334,6 +341,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol-fd", type=float, default=TOLERANCE_FD)
     p.add_argument("--tol-autograd", type=float, default=TOLERANCE_AUTOGRAD)
     p.set_defaults(func=cmd_gradcheck)
+
+    p = sub.add_parser("capsules", help="draw a capsule network's Figure 4 (perturbed capsules)")
+    p.add_argument("--run", required=True, help="folder of a `creditlab train` run")
+    p.add_argument("--out", default=None, help="PNG to write (default RUN/figure4.png)")
+    p.add_argument("--examples", type=int, default=3, help="test digits to show")
+    p.set_defaults(func=cmd_capsules)
 
     p = sub.add_parser("rules", help="list the learning rules and their options")
     p.set_defaults(func=cmd_rules)

@@ -34,12 +34,12 @@ def test_constant_couplings_match_autograd_with_detached_couplings(seed):
     assert result.worst()[1] < 1e-10
 
 
-def small_capsnet(routing_gradient=True, routing=3, seed=0, dtype=torch.float64):
+def small_capsnet(routing_gradient=True, routing=3, seed=0, dtype=torch.float64, n=3):
     net = cl.Network(dtype=dtype, seed=seed)
     x = net.input((1, 8, 8))
     c = net.conv(x, 4, kernel=3, activation="relu")
     pc = net.primary_capsules(c, types=2, dim=4, kernel=3, stride=1)
-    dc = net.capsules(pc, n=3, dim=6, routing=routing, routing_gradient=routing_gradient)
+    dc = net.capsules(pc, n=n, dim=6, routing=routing, routing_gradient=routing_gradient)
     net.output(dc, loss="margin")
     m = net.mask(dc)
     net.output(net.dense(net.dense(m, 16), 64, activation="sigmoid"), "reconstruction", 0.05)

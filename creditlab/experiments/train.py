@@ -30,6 +30,7 @@ from creditlab.engine.losses import loss as lookup_loss
 from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
 from creditlab.experiments import checkpoint
+from creditlab.experiments.capsules import write_reconstructions
 from creditlab.experiments.diagnostics import probe
 from creditlab.experiments.models import build_model
 from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
@@ -443,6 +444,11 @@ class Trainer:
                 self.out_dir / "best.pt",
                 {"params": self.best_params, "network": self.net.spec()},
             )
+            self.net.load_parameters(self.best_params)  # capsule networks: recon.png
+            write_reconstructions(
+                self.net, data.test_x, data.image_shape, self.out_dir / "recon.png"
+            )
+            self.net.load_parameters(current)
         return results
 
 
