@@ -3,6 +3,10 @@
 An activation maps a group's net input s to its output z = f(s). The backward sweep needs f'(s);
 `df` receives both s and z because several derivatives are cheapest written with the output
 (sigmoid' = z(1 - z), tanh' = 1 - z^2) and the forward pass has already paid for z.
+
+One activation is not elementwise: the capsules' squash, v = s |s| / (1 + |s|^2), acts on each
+capsule's vector (the last dimension). It gives the vector-Jacobian product `vjp` instead of an
+elementwise f', and lives apart from ACTIVATIONS (capsule groups use it; dense groups cannot).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class Activation:
     f: Callable[[Tensor], Tensor]  # z = f(s)
     df: Callable[[Tensor, Tensor], Tensor]  # f'(s), given s and z = f(s)
     init: str  # the initialisation that suits it: "glorot" or "he"
+    # For activations over a vector (the last dimension): dE/ds given s, z = f(s) and dE/dz.
+    vjp: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None
 
 
 def _gelu(s: Tensor) -> Tensor:  # exact GELU: s * Phi(s)
@@ -63,7 +69,35 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
+def squash(s: Tensor) -> Tensor:
+    """v = (|s|^2 / (1 + |s|^2)) s / |s| = s |s| / (1 + |s|^2) over the last dimension.
+
+    Written without dividing by |s|, so a zero vector gives zero, not NaN.
+    """
+    norm2 = s.pow(2).sum(dim=-1, keepdim=True)
+    return s * (norm2.sqrt() / (1.0 + norm2))
+
+
+def squash_vjp(s: Tensor, v: Tensor, dv: Tensor) -> Tensor:
+    """dE/ds for v = squash(s): the Jacobian is a I + b s s^T with a = |s| / (1 + |s|^2) and
+    b = (1 - |s|^2) / (|s| (1 + |s|^2)^2). b s s^T = |s| u u^T (1 - |s|^2) / (1 + |s|^2)^2 with
+    u = s / |s|, which tends to 0 with s: the derivative at s = 0 is 0, finite. The division by
+    |s| in u is guarded: u is 0 at s = 0, where the term vanishes anyway."""
+    norm2 = s.pow(2).sum(dim=-1, keepdim=True)
+    norm = norm2.sqrt()
+    u = s / norm.clamp_min(torch.finfo(s.dtype).tiny)  # 0 at s = 0
+    a = norm / (1.0 + norm2)
+    c = norm * (1.0 - norm2) / (1.0 + norm2).pow(2)
+    return a * dv + (c * (u * dv).sum(dim=-1, keepdim=True)) * u
+
+
+SQUASH = Activation("squash", squash, lambda s, z: torch.ones_like(s), "glorot", squash_vjp)
+VECTOR_ACTIVATIONS: dict[str, Activation] = {SQUASH.name: SQUASH}
+
+
 def activation(name: str) -> Activation:
+    if name in VECTOR_ACTIVATIONS:
+        return VECTOR_ACTIVATIONS[name]
     try:
         return ACTIVATIONS[name]
     except KeyError:

@@ -5,9 +5,14 @@ In the derivation's notation:
     any other group:  delta_j = f_j'(s_j) * sum over k in outs(j) of delta_k W_jk^T
     weight gradients: dE/dW_ij = z_i^T delta_j, dE/db_j = sum of delta_j over the batch,
                       both divided by the batch size (E is the mean loss over the batch).
-Error signals delta are kept per example; the division by the batch size happens once, in
-`weight_updates`. A rule that carries errors back along other matrices than W^T (feedback
-alignment and its sign-symmetric cousins) passes its own `feedback`.
+The products with W^T and z_i^T are the dense kind's; every kind of connection (convolution,
+pooling, capsules, mask: see engine/kinds/) says how it carries delta_k back to the group it
+reads and what its parameters' gradient is, and the sweep is the same loop over the groups for
+all. An output group that also feeds other groups (a capsule network's digit capsules feed the
+decoder) sums its loss's dE/dz_o and the signals from its readers. Error signals delta are kept
+per example; the division by the batch size happens once, in `weight_updates`. A rule that
+carries errors back along other matrices than W (feedback alignment and its sign-symmetric
+cousins) passes its own `feedback`.
 """
 
 from __future__ import annotations
@@ -19,13 +24,15 @@ import torch
 from creditlab.engine.network import Network, Trace, bias_name, weight_name
 
 Tensor = torch.Tensor
-# feedback(i, j) gives the (size_j, size_i) matrix that carries delta_j back to group i.
+# feedback(i, j) gives the tensor that the connection i -> j uses in W_ij's place on the way
+# back, shaped like net.feedback_view(i, j): W_ij^T, (size_j, size_i), for dense connections;
+# the kernel or the capsule transformation itself for the others.
 Feedback = Callable[[str, str], Tensor]
 
 
 def transpose_feedback(net: Network) -> Feedback:
-    """Backpropagation's feedback: the forward weights themselves, W_ij^T."""
-    return lambda i, j: net.W[(i, j)].t()
+    """Backpropagation's feedback: the forward weights themselves (W_ij^T for dense)."""
+    return net.feedback_view
 
 
 def local_delta(net: Network, trace: Trace, j: str, dz: Tensor) -> Tensor:
@@ -33,6 +40,10 @@ def local_delta(net: Network, trace: Trace, j: str, dz: Tensor) -> Tensor:
     group = net.groups[j]
     if group.act.name == "identity":
         delta = dz.clone()
+    elif group.act.vjp is not None:  # squash: the Jacobian of each capsule's vector
+        shape = (-1, *group.shape)
+        delta = group.act.vjp(trace.s[j].view(shape), trace.z[j].view(shape), dz.reshape(shape))
+        delta = delta.reshape(dz.shape[0], -1)
     else:
         f_of_s = trace.undropped.get(j, trace.z[j])
         delta = group.act.df(trace.s[j], f_of_s).mul_(dz)
@@ -42,9 +53,32 @@ def local_delta(net: Network, trace: Trace, j: str, dz: Tensor) -> Tensor:
 
 
 def output_delta(net: Network, trace: Trace, y: Tensor) -> Tensor:
-    """delta_o = dE/ds_o for every example of the batch."""
+    """delta_o = dE/ds_o for every example of the batch, for the (first) output group."""
     o = net.output_name
     return local_delta(net, trace, o, net.loss_fn.dz(trace.z[o], y))
+
+
+def loss_signals(net: Network, trace: Trace, y: Tensor) -> dict[str, Tensor]:
+    """dE/dz_o of the total loss at every output group o (its loss's derivative, weighted)."""
+    signals = {}
+    for o in net.outputs:
+        target = net.target(o, trace, y)
+        dz = o.loss.dz(net.shaped(o.name, trace.z[o.name]), target)
+        dz = dz.reshape(dz.shape[0], -1)
+        signals[o.name] = dz if o.weight == 1.0 else dz.mul_(o.weight)
+    return signals
+
+
+def output_deltas(net: Network, trace: Trace, y: Tensor) -> dict[str, Tensor]:
+    """delta_o for every output group from its own loss alone (no signal from its readers)."""
+    return {o: local_delta(net, trace, o, dz) for o, dz in loss_signals(net, trace, y).items()}
+
+
+def error_sweep(
+    net: Network, trace: Trace, y: Tensor, feedback: Feedback | None = None
+) -> dict[str, Tensor]:
+    """The deltas of every group from the total loss: backward_sweep seeded at the outputs."""
+    return backward_sweep(net, trace, {}, feedback, sources=loss_signals(net, trace, y))
 
 
 def backward_sweep(
@@ -53,30 +87,41 @@ def backward_sweep(
     deltas: dict[str, Tensor],
     feedback: Feedback | None = None,
     stop_at: Iterable[str] = (),
+    sources: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Carry error signals from the groups in `deltas` down to every group below them.
 
     Groups are visited in reverse topological order, so every delta_k of k in outs(j) is
     known before delta_j is formed. Groups already in `deltas` (the output, or signals a rule
     injected) are kept as given; groups in `stop_at` receive no signal from above, which is how
-    a rule cuts the sweep at a block boundary.
+    a rule cuts the sweep at a block boundary. `sources` adds dE/dz_j terms of the loss's own
+    (see loss_signals) to what arrives from above.
     """
     feedback = feedback or transpose_feedback(net)
     deltas = dict(deltas)
     blocked = set(stop_at)
+    sources = sources or {}
     for j in reversed(net.order):
         if j in deltas or j == net.input_name or j in blocked:
             continue
-        incoming = incoming_signal(net, deltas, j, feedback)
+        incoming = incoming_signal(net, deltas, j, feedback, trace)
+        if j in sources:
+            incoming = sources[j] if incoming is None else incoming.add_(sources[j])
         if incoming is not None:
             deltas[j] = local_delta(net, trace, j, incoming)
     return deltas
 
 
 def incoming_signal(
-    net: Network, deltas: dict[str, Tensor], j: str, feedback: Feedback
+    net: Network,
+    deltas: dict[str, Tensor],
+    j: str,
+    feedback: Feedback,
+    trace: Trace | None = None,
 ) -> Tensor | None:
-    """dE/dz_j as the groups above see it: sum over k in outs(j) of delta_k feedback(j, k).
+    """dE/dz_j as the groups above see it: sum over k in outs(j) of delta_k feedback(j, k)
+    for dense readers, and each reader kind's own transport for the others (pooling, masks
+    and routing need the forward pass's `trace`).
 
     Groups in outs(j) without a delta contribute nothing; None when none has one.
     """
@@ -84,38 +129,36 @@ def incoming_signal(
     for k in net.outs(j):
         if k not in deltas:
             continue
-        if incoming is None:
-            incoming = deltas[k] @ feedback(j, k)
-        else:
-            incoming.addmm_(deltas[k], feedback(j, k))
+        kind = net.kind(k)
+        F = feedback(j, k) if kind.weighted else None
+        incoming = kind.signal(net, trace, j, net.groups[k], deltas[k], F, out=incoming)
     return incoming
 
 
 def weight_updates(
     net: Network, trace: Trace, deltas: dict[str, Tensor], partial: bool = False
 ) -> dict[str, Tensor]:
-    """dE/dW_ij = z_i^T delta_j / N and dE/db_j = sum of delta_j / N for each group in deltas.
+    """dE/dW_ij = z_i^T delta_j / N and dE/db_j = sum of delta_j / N for each group in deltas
+    (each kind's own gradient for convolutions and capsules).
 
     Returned in the order of net.parameters(); groups with no delta get zero updates, or no
     entries at all when `partial` (for a rule that assembles its updates from several passes).
     """
     updates: dict[str, Tensor] = {}
     for j in net.order[1:]:
-        group = net.groups[j]
+        group, kind = net.groups[j], net.kind(j)
+        ins = group.ins if kind.weighted else ()
         if j not in deltas:
             if partial:
                 continue
-            for i in group.ins:
+            for i in ins:
                 updates[weight_name(i, j)] = torch.zeros_like(net.W[(i, j)])
-            updates[bias_name(j)] = torch.zeros_like(net.b[j])
+            if kind.biased:
+                updates[bias_name(j)] = torch.zeros_like(net.b[j])
             continue
         delta = deltas[j]
-        inv_n = 1.0 / delta.shape[0]
-        for i in group.ins:
-            # z_i^T delta_j / N as one product: addmm's alpha scales inside the matrix product
-            # (beta=0 ignores the placeholder), saving a pass over the (size_i, size_j) result.
-            updates[weight_name(i, j)] = torch.addmm(
-                delta.new_zeros(()), trace.sent(i).t(), delta, beta=0, alpha=inv_n
-            )
-        updates[bias_name(j)] = delta.sum(dim=0).mul_(inv_n)
+        for i in ins:
+            updates[weight_name(i, j)] = kind.weight_grad(net, trace, i, group, delta)
+        if kind.biased:
+            updates[bias_name(j)] = kind.bias_grad(group, delta)
     return updates

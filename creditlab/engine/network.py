@@ -1,10 +1,15 @@
 """The network: a directed acyclic graph of neuron groups.
 
-Group j receives s_j = sum over i in ins(j) of z_i W_ij + b_j and emits z_j = f_j(s_j). W_ij has
-shape (size of i, size of j), so a batch of activations z_i (N, size_i) multiplies it from the
-left. A group may read several groups (merges, skip connections) and feed several (branches).
+A dense group j receives s_j = sum over i in ins(j) of z_i W_ij + b_j and emits z_j = f_j(s_j).
+W_ij has shape (size of i, size of j), so a batch of activations z_i (N, size_i) multiplies it
+from the left. A group may read several groups (merges, skip connections) and feed several
+(branches). Other kinds of group (convolution, pooling, capsules, mask; see engine/kinds/) form
+s_j their own way from the one group they read; a group's activity has a shape per example (a
+vector, an image (C, H, W) or capsules (n, d)) but is stored flat, (N, size), everywhere.
 The network validates the graph, owns the parameters and runs the forward pass, recording s and
 z for every group; the backward sweep and the learning rules live elsewhere and read that record.
+A network may have several output groups, each with a loss and a weight; the total loss is the
+weighted sum. The first output is the network's prediction.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import torch
 from creditlab.engine.activations import Activation
 from creditlab.engine.activations import activation as lookup_activation
 from creditlab.engine.devices import resolve_device
+from creditlab.engine.kinds import KINDS
+from creditlab.engine.kinds.pool import POOL_MODES
 from creditlab.engine.losses import Loss
 from creditlab.engine.losses import loss as lookup_loss
-from creditlab.errors import GraphError, UsageError
+from creditlab.errors import GraphError, UnknownNameError, UsageError
 
 Tensor = torch.Tensor
 INITS = ("glorot", "he")
@@ -30,7 +37,7 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass
 class Group:
-    """A neuron group: its size, its activation and the groups it reads."""
+    """A neuron group: its size, its activation, the groups it reads and how (its kind)."""
 
     name: str
     size: int
@@ -38,10 +45,26 @@ class Group:
     ins: list[str] = field(default_factory=list)
     init: str = "glorot"
     dropout: float = 0.0  # probability of dropping a unit's output while training
+    kind: str = "dense"  # see engine/kinds/
+    shape: tuple[int, ...] = ()  # per example; () stands for (size,)
+    options: dict = field(default_factory=dict)  # the kind's settings (kernel, stride, ...)
+
+    def __post_init__(self):
+        if not self.shape:
+            self.shape = (self.size,)
 
     @property
     def is_input(self) -> bool:
         return self.act is None
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output group, the loss on it and the loss's weight in the total."""
+
+    name: str
+    loss: Loss
+    weight: float = 1.0
 
 
 @dataclass
@@ -56,6 +79,10 @@ class Trace:
     undropped: dict[str, Tensor] = field(default_factory=dict)
     # What each group sent to its readers, where a forward pass's `emit` changed it.
     emitted: dict[str, Tensor] = field(default_factory=dict)
+    # The labels a training pass was given (a capsule mask keeps the label's capsule), and what
+    # kinds keep from their forward pass for their backward one (pooling winners, routing).
+    labels: Tensor | None = None
+    cache: dict = field(default_factory=dict)
 
     def sent(self, i: str) -> Tensor:
         """The activity group i's readers received: emitted[i] if recorded, else z_i."""
@@ -101,8 +128,9 @@ class Network:
         self.W: dict[tuple[str, str], Tensor] = {}
         self.b: dict[str, Tensor] = {}
         self.input_name: str | None = None
-        self.output_name: str | None = None
-        self.loss_fn: Loss | None = None
+        self.output_name: str | None = None  # the first output, the network's prediction
+        self.loss_fn: Loss | None = None  # its loss
+        self.outputs: list[Output] = []
         # Initial weights come from CPU generators (see _initialise), so a seed gives the same
         # network on any device; random draws while training (dropout) use one on the device.
         self.rng = torch.Generator(device=self.device).manual_seed(seed + 1)
@@ -110,10 +138,17 @@ class Network:
         self._outs: dict[str, list[str]] = {}
 
     # ---- building -------------------------------------------------------------------------
-    def input(self, size: int, name: str = "input") -> Group:
+    def input(self, size: int | Sequence[int], name: str = "input") -> Group:
+        """The input group: an int is a vector; a shape (C, H, W) is an image."""
         if self.input_name is not None:
             raise GraphError(f"the network already has an input group {self.input_name!r}")
-        group = self._add(Group(name, _positive_size(size, name)))
+        if isinstance(size, (tuple, list)):
+            shape = tuple(_positive_size(n, name) for n in size)
+            if len(shape) not in (1, 3):
+                raise GraphError(f"input {name!r} needs a size n or a shape (C, H, W), got {size}")
+            group = self._add(Group(name, math.prod(shape), shape=shape))
+        else:
+            group = self._add(Group(name, _positive_size(size, name)))
         self.input_name = name
         return group
 
@@ -141,6 +176,103 @@ class Network:
         self._initialise(group)
         return group
 
+    def conv(
+        self,
+        ins: Group | str,
+        channels: int,
+        kernel: int = 3,
+        stride: int = 1,
+        padding: int = 0,
+        activation: str = "relu",
+        init: str | None = None,
+        name: str | None = None,
+        dropout: float = 0.0,
+    ) -> Group:
+        """A 2-D convolution of an image group: `channels` kernels of kernel x kernel."""
+        opts = {"channels": channels, "kernel": kernel, "stride": stride, "padding": padding}
+        return self._add_kind("conv", ins, opts, activation, init, name, dropout)
+
+    def pool(
+        self,
+        ins: Group | str,
+        kernel: int = 2,
+        kind: str = "max",
+        stride: int | None = None,
+        name: str | None = None,
+    ) -> Group:
+        """Max ("max") or average ("avg") pooling over kernel x kernel windows (stride: kernel)."""
+        if kind not in POOL_MODES:
+            raise UsageError(f"unknown pooling {kind!r}; valid: {', '.join(POOL_MODES)}")
+        opts = {"kernel": kernel, "stride": kernel if stride is None else stride, "mode": kind}
+        return self._add_kind("pool", ins, opts, "identity", None, name, 0.0)
+
+    def primary_capsules(
+        self,
+        ins: Group | str,
+        types: int,
+        dim: int,
+        kernel: int = 9,
+        stride: int = 2,
+        padding: int = 0,
+        init: str | None = None,
+        name: str | None = None,
+    ) -> Group:
+        """A convolution with types * dim channels, regrouped into dim-vectors and squashed."""
+        opts = {"types": types, "dim": dim, "kernel": kernel, "stride": stride, "padding": padding}
+        return self._add_kind("primary_capsules", ins, opts, "squash", init, name, 0.0)
+
+    def capsules(
+        self,
+        ins: Group | str,
+        n: int,
+        dim: int,
+        routing: int = 3,
+        routing_gradient: bool = True,
+        init: str | None = None,
+        name: str | None = None,
+    ) -> Group:
+        """n capsules of dim numbers, routed by agreement from the capsules of `ins`.
+
+        routing_gradient=False treats the coupling coefficients as constants on the way back
+        (the default differentiates through every routing iteration); see kinds/capsules.py.
+        """
+        if not isinstance(routing_gradient, bool):
+            raise UsageError(f"routing_gradient must be True or False, got {routing_gradient!r}")
+        opts = {"n": n, "dim": dim, "routing": routing, "routing_gradient": routing_gradient}
+        return self._add_kind("capsules", ins, opts, "squash", init, name, 0.0)
+
+    def mask(self, ins: Group | str, name: str | None = None) -> Group:
+        """Keeps the label's capsule while training, the longest in evaluation; zeroes the rest."""
+        return self._add_kind("mask", ins, {}, "identity", None, name, 0.0)
+
+    def _add_kind(
+        self,
+        kind: str,
+        ins: Group | str,
+        options: dict,
+        activation: str,
+        init: str | None,
+        name: str | None,
+        dropout: float,
+    ) -> Group:
+        name = name or f"h{sum(not g.is_input for g in self.groups.values()) + 1}"
+        act = lookup_activation(activation)
+        init = _init(init or act.init, name)
+        in_names = [self._name_of(g, name) for g in _as_list(ins)]
+        if len(in_names) != 1:
+            raise GraphError(f"group {name!r} ({kind}) reads exactly one group, got {in_names}")
+        for key, value in options.items():
+            if key in ("padding",):
+                _count(value, key, name, 0)
+            elif key not in ("mode", "routing_gradient"):
+                _count(value, key, name, 1)
+        group = Group(name, 1, act, in_names, init, _dropout(dropout, name), kind, (1,), options)
+        group.shape = tuple(KINDS[kind].shape(self, group))
+        group.size = math.prod(group.shape)
+        self._add(group)
+        self._initialise(group)
+        return group
+
     def connect(self, src: Group | str, dst: Group | str) -> None:
         """Add the connection W_src,dst to an existing group (this may close a cycle).
 
@@ -153,21 +285,48 @@ class Network:
             raise GraphError(f"the input group {j!r} cannot read other groups")
         if i in group.ins:
             raise GraphError(f"group {j!r} already reads {i!r}")
+        if not KINDS[group.kind].many_inputs:
+            raise GraphError(f"group {j!r} ({group.kind}) reads exactly one group")
         group.ins.append(i)
         self._initialise(group)
         self._order = None
 
-    def output(self, group: Group | str, loss: str = "cross_entropy") -> None:
-        name = self._name_of(group, "output")
-        if self.output_name is not None:
-            raise GraphError(f"the network already has an output group {self.output_name!r}")
-        if self.groups[name].is_input:
-            raise GraphError("the input group cannot be the output")
-        self.loss_fn = lookup_loss(loss)
-        if self.loss_fn.classification and self.groups[name].size < 2:
-            raise GraphError(f"output group {name!r} needs at least 2 units for {loss}")
-        self.output_name = name
+    def output(self, group: Group | str, loss: str = "cross_entropy", weight: float = 1.0) -> None:
+        """Make `group` an output with this loss; the total loss weighs each output's loss.
+
+        The first output is the network's prediction (net.predict, accuracy)."""
+        self._add_output(group, loss, weight)
         self.validate()
+
+    def _add_output(self, group: Group | str, loss: str, weight: float) -> None:
+        name = self._name_of(group, "output")
+        if any(o.name == name for o in self.outputs):
+            raise GraphError(f"group {name!r} is already an output")
+        g = self.groups[name]
+        if g.is_input:
+            raise GraphError("the input group cannot be the output")
+        loss_fn = lookup_loss(loss)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise UsageError(f"the weight of output {name!r} must be a number, got {weight!r}")
+        if not (math.isfinite(weight) and weight >= 0):
+            raise UsageError(f"the weight of output {name!r} must be finite and >= 0, got {weight}")
+        is_capsules = len(g.shape) == 2 and g.act.vjp is not None
+        if loss_fn.capsules and not is_capsules:
+            raise GraphError(
+                f"the {loss} loss needs a capsule group (n, d); output group {name!r} has "
+                f"shape {g.shape}"
+            )
+        if loss_fn.classification and (g.shape[0] if is_capsules else g.size) < 2:
+            raise GraphError(f"output group {name!r} needs at least 2 units for {loss}")
+        if loss_fn.target == "input" and g.size != self.groups[self.input_name].size:
+            raise GraphError(
+                f"the {loss} loss compares output group {name!r} ({g.size} units) with the "
+                f"input ({self.groups[self.input_name].size} units); the sizes must match"
+            )
+        self.outputs.append(Output(name, loss_fn, float(weight)))
+        if self.output_name is None:
+            self.output_name, self.loss_fn = name, loss_fn
+        self._order = None
 
     def _add(self, group: Group) -> Group:
         if group.name in self.groups:
@@ -189,14 +348,19 @@ class Network:
         Each group draws from its own generator, seeded by the network's seed and the group's
         name, so its initial weights do not depend on the order the groups were built in.
         """
-        self.b[group.name] = torch.zeros(group.size, dtype=self.dtype, device=self.device)
+        kind = KINDS[group.kind]
+        if kind.biased:
+            shape = kind.bias_shape(group)
+            self.b[group.name] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if not kind.weighted:
+            return
         rng = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(group.name.encode()))
         j = group.name
-        fan_in = sum(self.groups[i].size for i in group.ins)
+        fan_in, fan_out = kind.fans(self, group)
         for i in group.ins:
-            shape = (self.groups[i].size, group.size)
+            shape = kind.weight_shape(self, i, group)
             if group.init == "glorot":
-                bound = math.sqrt(6.0 / (fan_in + group.size))
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
                 w = (torch.rand(shape, generator=rng, dtype=torch.float64) * 2 - 1) * bound
             else:
                 w = torch.randn(shape, generator=rng, dtype=torch.float64) * self.init_std(j)
@@ -207,10 +371,18 @@ class Network:
         Glorot uniform, bound sqrt(6 / (fan_in + size_j)), has std sqrt(2 / (fan_in + size_j));
         He normal has std sqrt(2 / fan_in). Rules that draw feedback matrices match it."""
         group = self.groups[j]
-        fan_in = sum(self.groups[i].size for i in group.ins)
+        fan_in, fan_out = KINDS[group.kind].fans(self, group)
         if group.init == "glorot":
-            return math.sqrt(2.0 / (fan_in + group.size))
+            return math.sqrt(2.0 / (fan_in + fan_out))
         return math.sqrt(2.0 / fan_in)
+
+    def kind(self, j: str):
+        """The kind of group j (see engine/kinds/)."""
+        return KINDS[self.groups[j].kind]
+
+    def feedback_view(self, i: str, j: str) -> Tensor:
+        """W_ij as the way back uses it (W_ij^T for dense); a rule's stand-in has its shape."""
+        return self.kind(j).feedback_view(self.W[(i, j)])
 
     # ---- validation -----------------------------------------------------------------------
     def validate(self) -> list[str]:
@@ -243,11 +415,10 @@ class Network:
         if sources != [self.input_name]:
             extra = [j for j in sources if j != self.input_name]
             raise GraphError(f"group(s) {', '.join(extra)} read no group")
+        output_names = {o.name for o in self.outputs}
         for j in order:
-            if not outs[j] and j != self.output_name:
+            if not outs[j] and j not in output_names:
                 raise GraphError(f"group {j!r} is read by no group and is not the output")
-        if outs[self.output_name]:
-            raise GraphError(f"the output group {self.output_name!r} must not feed other groups")
         self._outs, self._order = outs, order
         return order
 
@@ -261,8 +432,9 @@ class Network:
 
     @property
     def hidden(self) -> list[str]:
-        """The groups between input and output, in topological order."""
-        return [j for j in self.order if j not in (self.input_name, self.output_name)]
+        """The groups between input and outputs, in topological order."""
+        outputs = {o.name for o in self.outputs}
+        return [j for j in self.order if j != self.input_name and j not in outputs]
 
     @property
     def input_size(self) -> int:
@@ -271,17 +443,28 @@ class Network:
 
     @property
     def output_size(self) -> int:
+        """The first output group's size (flat)."""
         self.validate()
         return self.groups[self.output_name].size
+
+    @property
+    def n_scores(self) -> int:
+        """How many scores the prediction gives (classes): the first output's units, or its
+        number of capsules for a capsule output."""
+        g = self.groups[self.output_name]
+        return g.shape[0] if self.loss_fn.capsules else g.size
 
     # ---- parameters -----------------------------------------------------------------------
     def parameters(self) -> dict[str, Tensor]:
         """Every parameter by name, as the live tensors: editing one edits the network."""
         params: dict[str, Tensor] = {}
         for j in self.order:
-            for i in self.groups[j].ins:
+            if self.groups[j].is_input:
+                continue
+            kind = self.kind(j)
+            for i in self.groups[j].ins if kind.weighted else ():
                 params[weight_name(i, j)] = self.W[(i, j)]
-            if not self.groups[j].is_input:
+            if kind.biased:
                 params[bias_name(j)] = self.b[j]
         return params
 
@@ -309,21 +492,27 @@ class Network:
     def spec(self) -> dict:
         """The architecture as plain data (for configs and checkpoints); see from_spec."""
         self.validate()
-        return {
-            "groups": [
-                {
-                    "name": g.name,
-                    "size": g.size,
-                    "activation": None if g.is_input else g.act.name,
-                    "ins": list(g.ins),
-                    "init": g.init,
-                    "dropout": g.dropout,
-                }
-                for g in self.groups.values()
-            ],
-            "output": self.output_name,
-            "loss": self.loss_fn.name,
-        }
+        groups = []
+        for g in self.groups.values():
+            entry = {
+                "name": g.name,
+                "size": g.size,
+                "activation": None if g.is_input else g.act.name,
+                "ins": list(g.ins),
+                "init": g.init,
+                "dropout": g.dropout,
+            }
+            if g.kind != "dense":  # dense groups keep the spec they always had
+                entry.update(kind=g.kind, options=dict(g.options))
+            if g.is_input and len(g.shape) > 1:
+                entry["shape"] = list(g.shape)
+            groups.append(entry)
+        spec = {"groups": groups, "output": self.output_name, "loss": self.loss_fn.name}
+        if len(self.outputs) > 1 or self.outputs[0].weight != 1.0:
+            spec["outputs"] = [
+                {"group": o.name, "loss": o.loss.name, "weight": o.weight} for o in self.outputs
+            ]
+        return spec
 
     @classmethod
     def from_spec(
@@ -346,23 +535,51 @@ class Network:
             if len(inputs) != 1:
                 names = [g.get("name") for g in inputs]
                 raise GraphError(f"a network needs exactly one group without ins, got {names}")
-            net.input(inputs[0]["size"], name=inputs[0]["name"])
+            net.input(inputs[0].get("shape") or inputs[0]["size"], name=inputs[0]["name"])
             rest = [g for g in entries if g.get("ins")]
             for g in rest:  # create every group first so that ins may name later groups
                 act = lookup_activation(g.get("activation", "relu"))
                 size = _positive_size(g["size"], g["name"])
+                kind = g.get("kind", "dense")
+                if kind not in KINDS:
+                    raise UnknownNameError("group kind", kind, KINDS)
+                init = _init(g.get("init") or act.init, g["name"])
                 net._add(
-                    Group(g["name"], size, act, [], _init(g.get("init") or act.init, g["name"]))
+                    Group(g["name"], size, act, [], init, kind=kind, options=g.get("options", {}))
                 )
             for g in rest:
                 group = net.groups[g["name"]]
                 group.ins = [net._name_of(i, group.name) for i in g["ins"]]
                 group.dropout = _dropout(g.get("dropout", 0.0), group.name)
-                net._initialise(group)
+            net._shape_groups([net.groups[g["name"]] for g in rest])
+            for g in rest:
+                net._initialise(net.groups[g["name"]])
         except (KeyError, TypeError) as err:
             raise GraphError(f"malformed network spec: missing or bad field {err}") from None
-        net.output(output, loss=loss)
+        outputs = spec.get("outputs") or [{"group": output, "loss": loss, "weight": 1.0}]
+        try:
+            for o in outputs:
+                net._add_output(o["group"], o["loss"], o.get("weight", 1.0))
+        except (KeyError, TypeError) as err:
+            raise GraphError(f"malformed network spec: bad outputs entry {err}") from None
+        net.validate()
         return net
+
+    def _shape_groups(self, groups: list[Group]) -> None:
+        """Work out the shapes of non-dense groups built from a spec, readers after the groups
+        they read (their shapes follow from their inputs')."""
+        pending = [g for g in groups if g.kind != "dense"]
+        while pending:
+            done = {g.name for g in pending}
+            ready = [g for g in pending if not (set(g.ins) & done)]
+            if not ready:
+                raise GraphError(f"the graph has a cycle through group(s): {sorted(done)}")
+            for g in ready:
+                if len(g.ins) != 1:
+                    raise GraphError(f"group {g.name!r} ({g.kind}) reads exactly one group")
+                g.shape = tuple(KINDS[g.kind].shape(self, g))
+                g.size = math.prod(g.shape)
+            pending = [g for g in pending if g not in ready]
 
     # ---- forward --------------------------------------------------------------------------
     def forward(
@@ -370,29 +587,32 @@ class Network:
         x: Tensor,
         train: bool = False,
         emit: Callable[[str, Tensor], Tensor] | None = None,
+        labels: Tensor | None = None,
     ) -> Trace:
         """Run the network on a batch, recording s and z for every group.
 
+        `x` is (N, size of the input) or, for an image input, (N, C, H, W). `labels`, when
+        given, are what capsule masks keep (the label's capsule; without them, the longest).
         `train` applies dropout. `emit(j, z_j)`, when given, is what the groups reading hidden
         group j receive in place of z_j (forward-forward passes length-normalised activities
         upward); it is recorded in trace.emitted, and the backward sweep does not
         differentiate through it.
         """
         order = self.validate()
-        self._check_input(x)
+        x = self._check_input(x)
         s: dict[str, Tensor] = {}
         z: dict[str, Tensor] = {self.input_name: x}
-        trace = Trace(s, z)
+        trace = Trace(s, z, labels=labels)
         sent = z if emit is None else trace.emitted  # what each group's readers receive
         sent[self.input_name] = x
         for j in order[1:]:
             group = self.groups[j]
-            first, *rest = group.ins
-            s_j = torch.addmm(self.b[j], sent[first], self.W[(first, j)])
-            for i in rest:
-                s_j.addmm_(sent[i], self.W[(i, j)])
+            s_j = KINDS[group.kind].forward(self, group, trace, [sent[i] for i in group.ins])
             s[j] = s_j
-            z[j] = group.act.f(s_j)
+            if group.act.vjp is None:
+                z[j] = group.act.f(s_j)
+            else:  # an activation over each capsule's vector
+                z[j] = group.act.f(s_j.view(-1, *group.shape)).reshape(s_j.shape)
             if train and group.dropout > 0:
                 keep = 1.0 - group.dropout
                 mask = torch.rand(s_j.shape, generator=self.rng, device=self.device) < keep
@@ -403,32 +623,63 @@ class Network:
                 sent[j] = z[j] if j == self.output_name else emit(j, z[j])
         return trace
 
-    def _check_input(self, x: Tensor) -> None:
-        size = self.groups[self.input_name].size
-        if x.dim() != 2 or x.shape[1] != size:
+    def _check_input(self, x: Tensor) -> Tensor:
+        """The batch, flat (N, size), after checking its shape, dtype and device."""
+        group = self.groups[self.input_name]
+        size, shape = group.size, group.shape
+        flat_ok = x.dim() == 2 and x.shape[1] == size
+        shaped_ok = len(shape) > 1 and tuple(x.shape[1:]) == shape
+        if not (flat_ok or shaped_ok):
+            as_image = f" or (N, {', '.join(map(str, shape))})" if len(shape) > 1 else ""
             raise UsageError(
                 f"input group {self.input_name!r} has {size} units but the batch has shape "
-                f"{tuple(x.shape)}"
+                f"{tuple(x.shape)}; give (N, {size}){as_image}"
             )
         if x.dtype != self.dtype or x.device != self.device:
             raise UsageError(
                 f"batch is {x.dtype} on {x.device}, network is {self.dtype} on {self.device}"
             )
+        return x if flat_ok else x.reshape(x.shape[0], size)
+
+    def shaped(self, j: str, value: Tensor) -> Tensor:
+        """A flat (N, size_j) activity or signal of group j in the group's shape per example
+        (unchanged for vectors)."""
+        shape = self.groups[j].shape
+        return value if len(shape) == 1 else value.view(value.shape[0], *shape)
+
+    def target(self, output: Output, trace: Trace, y: Tensor) -> Tensor:
+        """What an output's loss compares it with: the labels, or the input (reconstruction)."""
+        return trace.z[self.input_name] if output.loss.target == "input" else y
+
+    def total_loss(self, trace: Trace, y: Tensor) -> Tensor:
+        """The weighted sum over the outputs of each one's mean loss on the batch."""
+        total = None
+        for o in self.outputs:
+            term = o.loss.mean(self.shaped(o.name, trace.z[o.name]), self.target(o, trace, y))
+            term = term if o.weight == 1.0 else term * o.weight
+            total = term if total is None else total + term
+        return total
 
     def predict(self, x: Tensor) -> Tensor:
-        """The output group's activations z_o for a batch (evaluation mode: no dropout)."""
-        return self.forward(x).z[self.output_name]
+        """The first output group's activations z_o for a batch (evaluation mode: no dropout),
+        in the group's shape (N, n, d) for capsules."""
+        return self.shaped(self.output_name, self.forward(x).z[self.output_name])
 
     def loss(self, x: Tensor, y: Tensor) -> float:
-        """Mean over the batch of the per-example loss."""
-        return float(self.loss_fn.mean(self.predict(x), y))
+        """The total loss: over the outputs, weighted, of the mean per-example loss. Capsule
+        masks keep the label's capsule, as while training."""
+        return float(self.total_loss(self.forward(x, labels=y), y))
 
     def __repr__(self) -> str:
         lines = [f"Network({self.dtype}, {self.device}, seed={self.seed})"]
+        outputs = {o.name for o in self.outputs}
         for g in self.groups.values():
             what = "input" if g.is_input else f"{g.act.name} <- {', '.join(g.ins)}"
-            tag = " [output]" if g.name == self.output_name else ""
-            lines.append(f"  {g.name}: {g.size} {what}{tag}")
+            if g.kind != "dense":
+                what = f"{g.kind} {what}"
+            size = g.size if len(g.shape) == 1 else "x".join(map(str, g.shape))
+            tag = " [output]" if g.name in outputs else ""
+            lines.append(f"  {g.name}: {size} {what}{tag}")
         return "\n".join(lines)
 
 
@@ -466,6 +717,12 @@ def _positive_size(size: int, name: str) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise GraphError(f"group {name!r} needs a positive integer size, got {size!r}")
     return size
+
+
+def _count(value: int, what: str, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise GraphError(f"{what} of group {name!r} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def _dropout(p: float, name: str) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from creditlab.engine.network import Network
+from creditlab.engine.network import Network, weight_name
 from creditlab.rules import Rule, rule
 
 Tensor = torch.Tensor
@@ -65,11 +65,17 @@ def probe(learner: Rule, net: Network, x: Tensor, y: Tensor) -> dict[str, Any]:
         torch.cat([gradient[n].reshape(-1) for n in names]),
     )
     record: dict[str, Any] = {"cos": cos, "angle": {k: angle(c) for k, c in cos.items()}}
-    weights = {name: p for name, p in net.parameters().items() if name.startswith("W[")}
+    # W as the way back uses it (W^T for dense connections, the kernel itself for convolutions)
+    weights = {
+        weight_name(i, j): net.feedback_view(i, j)
+        for j in net.order
+        for i in net.groups[j].ins
+        if net.kind(j).weighted
+    }
     if feedback:
         record["feedback_angle"] = {
-            name: angle(cosine(weights[name].t(), b))
+            name: angle(cosine(weights[name], b))
             for name, b in feedback.items()
-            if name in weights and tuple(b.shape) == tuple(weights[name].t().shape)
+            if name in weights and tuple(b.shape) == tuple(weights[name].shape)
         }
     return record

@@ -3,6 +3,12 @@
 - "mlp:800-800": a plain stack with those hidden sizes ("mlp:" alone is a linear model);
 - "skip:256-256": every group reads the group below and the input, the output reads every
   hidden group (a DAG with skip connections and merges);
+- "lenet": LeNet-5 on the image (conv 6@5x5 with padding 2, max pool 2, conv 16@5x5, max pool
+  2, dense 120-84-classes);
+- "capsnet": Sabour, Frosst and Hinton's CapsNet (conv1 256@9x9 relu; PrimaryCaps 32 types of
+  8-D capsules, 9x9, stride 2; DigitCaps one 16-D capsule per class, 3 routing iterations, margin
+  loss; a decoder 512-1024-image reading the masked digit capsules, reconstruction loss weighted
+  0.0005); "capsnet:small" is the same with 64 conv1 channels and 8 primary types, for CPUs;
 - a path to a JSON file holding a network spec (see Network.from_spec); its input and output
   groups may give "size": "auto" to take the dataset's input size and number of classes.
 """
@@ -14,10 +20,13 @@ from pathlib import Path
 
 import torch
 
+from creditlab.data.augment import image_shape_of
 from creditlab.engine.network import Network, mlp
 from creditlab.errors import UsageError
 
-MODEL_KINDS = ("mlp:H1-H2-...", "skip:H1-H2-...", "PATH.json")
+MODEL_KINDS = ("mlp:H1-H2-...", "skip:H1-H2-...", "lenet", "capsnet", "capsnet:small", "PATH.json")
+# conv1 channels and primary capsule types of the capsule networks
+CAPSNETS = {"capsnet": (256, 32), "capsnet:small": (64, 8)}
 
 
 def _hidden_sizes(text: str, model: str) -> list[int]:
@@ -43,7 +52,16 @@ def build_model(
     seed: int = 0,
     dropout: float = 0.0,
     init: str | None = None,
+    image_shape: tuple[int, ...] | None = None,
 ) -> Network:
+    """The network `model` names, for inputs of `input_size` (images of `image_shape`, (H, W)
+    or (C, H, W), for the convolutional models) and `n_outputs` classes."""
+    if model in ("lenet", *CAPSNETS):
+        image = _image(model, input_size, image_shape)
+        if model == "lenet":
+            return lenet(image, n_outputs, activation, dtype, device, seed, init)
+        channels, types = CAPSNETS[model]
+        return capsnet(image, n_outputs, channels, types, dtype, device, seed)
     kind, _, rest = model.partition(":")
     if kind == "mlp" and _:
         sizes = [input_size, *_hidden_sizes(rest, model), n_outputs]
@@ -64,6 +82,74 @@ def build_model(
     if model.endswith(".json"):
         return _from_json(Path(model), input_size, n_outputs, dtype, device, seed)
     raise UsageError(f"unknown model {model!r}; valid models: {', '.join(MODEL_KINDS)}")
+
+
+def _image(model: str, input_size: int, image_shape) -> tuple[int, int, int]:
+    if image_shape is None:
+        side = round(input_size**0.5)
+        if side * side != input_size:
+            raise UsageError(f"model {model!r} needs images; the data has {input_size} inputs")
+        image_shape = (side, side)
+    return image_shape_of(tuple(image_shape), input_size)
+
+
+def lenet(
+    image: tuple[int, int, int],
+    n_outputs: int,
+    activation: str = "relu",
+    dtype: torch.dtype | str = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+    init: str | None = None,
+) -> Network:
+    """LeNet-5: conv 6@5x5 (padding 2), pool, conv 16@5x5, pool, dense 120-84-n_outputs."""
+    net = Network(dtype=dtype, device=device, seed=seed)
+    x = net.input(image)
+    c1 = net.conv(x, 6, kernel=5, padding=2, activation=activation, init=init, name="conv1")
+    p1 = net.pool(c1, 2, kind="max", name="pool1")
+    c2 = net.conv(p1, 16, kernel=5, activation=activation, init=init, name="conv2")
+    p2 = net.pool(c2, 2, kind="max", name="pool2")
+    f1 = net.dense(p2, 120, activation=activation, init=init, name="fc1")
+    f2 = net.dense(f1, 84, activation=activation, init=init, name="fc2")
+    out = net.dense(f2, n_outputs, activation="identity", name="out")
+    net.output(out, loss="cross_entropy")
+    return net
+
+
+def capsnet(
+    image: tuple[int, int, int],
+    n_classes: int,
+    channels: int = 256,
+    types: int = 32,
+    dtype: torch.dtype | str = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+    routing: int = 3,
+    routing_gradient: bool = True,
+) -> Network:
+    """CapsNet (Sabour et al. 2017): conv1 channels@9x9 relu, PrimaryCaps `types` x 8-D (9x9,
+    stride 2), DigitCaps n_classes x 16-D with routing by agreement and the margin loss, and a
+    decoder 512-1024-image (sigmoid) reading the masked digit capsules, its reconstruction
+    loss weighted 0.0005."""
+    net = Network(dtype=dtype, device=device, seed=seed)
+    x = net.input(image)
+    conv1 = net.conv(x, channels, kernel=9, activation="relu", name="conv1")
+    primary = net.primary_capsules(conv1, types=types, dim=8, kernel=9, stride=2, name="primary")
+    digits = net.capsules(
+        primary,
+        n=n_classes,
+        dim=16,
+        routing=routing,
+        routing_gradient=routing_gradient,
+        name="digits",
+    )
+    net.output(digits, loss="margin")
+    masked = net.mask(digits, name="masked")
+    d1 = net.dense(masked, 512, activation="relu", name="dec1")
+    d2 = net.dense(d1, 1024, activation="relu", name="dec2")
+    recon = net.dense(d2, image[0] * image[1] * image[2], activation="sigmoid", name="recon")
+    net.output(recon, loss="reconstruction", weight=0.0005)
+    return net
 
 
 def skip_network(

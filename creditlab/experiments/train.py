@@ -23,12 +23,14 @@ import torch
 from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
+from creditlab.data.augment import image_shape_of, parse_augment, shift
 from creditlab.engine.activations import activation as lookup_activation
 from creditlab.engine.devices import resolve_device
 from creditlab.engine.losses import loss as lookup_loss
 from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
 from creditlab.experiments import checkpoint
+from creditlab.experiments.capsules import write_reconstructions
 from creditlab.experiments.diagnostics import probe
 from creditlab.experiments.models import build_model
 from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
@@ -53,6 +55,7 @@ class TrainConfig:
     loss: str = "cross_entropy"
     init: str | None = None
     dropout: float = 0.0
+    augment: str | None = None  # "shift:K": training images shifted by up to K pixels
     rule: str = "bp"
     rule_opts: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "sgd"
@@ -89,6 +92,7 @@ class TrainConfig:
         if not (self.lr >= 0 and math.isfinite(self.lr)):
             raise UsageError(f"lr must be a finite number >= 0, got {self.lr}")
         resolve_dtype(self.dtype)
+        parse_augment(self.augment)
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,7 +154,7 @@ def evaluate(
         xb, yb = x[a : a + chunk], y[a : a + chunk]
         out = learner.output(net, xb)
         total_loss += float(net.loss_fn.per_example(out, targets_for(net, yb, n_classes)).sum())
-        scores = learner.predict(net, xb) if learner.own_readout else out
+        scores = learner.predict(net, xb) if learner.own_readout else net.loss_fn.scores(out)
         correct += int((scores.argmax(dim=1) == yb).sum())
     n = max(1, x.shape[0])
     return total_loss / n, correct / n
@@ -195,10 +199,11 @@ class Trainer:
             config.seed,
             config.dropout,
             config.init,
+            self.data.image_shape,
         )
-        if self.net.output_size != self.data.n_classes:
+        if self.net.n_scores != self.data.n_classes:
             raise GraphError(
-                f"output group {self.net.output_name!r} has {self.net.output_size} units; "
+                f"output group {self.net.output_name!r} has {self.net.n_scores} units; "
                 f"{config.dataset} has {self.data.n_classes} classes"
             )
         self.rule.check(self.net)
@@ -306,6 +311,11 @@ class Trainer:
         start = time.perf_counter()
         order = epoch_permutation(config.seed, epoch, n, self.device)
         xs, ys = data.train_x[order], data.train_y[order]
+        max_shift = parse_augment(config.augment)
+        if max_shift:  # seeded by (seed, epoch) like the order, so a resumed run shifts alike
+            shifts = torch.Generator(device=self.device)
+            shifts.manual_seed(config.seed * 1_000_003 + epoch + 7_919)
+            image = image_shape_of(data.image_shape, data.input_size)
         losses = torch.zeros(self.steps_per_epoch, device=self.device)
         recorded = 0  # steps whose rule reported a batch loss (gradient-free rules may not)
         metric_sums: dict[str, float] = {}
@@ -323,6 +333,8 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             a = step * config.batch_size
             xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
+            if max_shift:
+                xb = shift(xb, image, max_shift, shifts)
             updates = self.rule.updates(net, xb, targets_for(net, yb, data.n_classes))
             if self.rule.last_loss is not None:
                 losses[step] = self.rule.last_loss
@@ -432,6 +444,11 @@ class Trainer:
                 self.out_dir / "best.pt",
                 {"params": self.best_params, "network": self.net.spec()},
             )
+            self.net.load_parameters(self.best_params)  # capsule networks: recon.png
+            write_reconstructions(
+                self.net, data.test_x, data.image_shape, self.out_dir / "recon.png"
+            )
+            self.net.load_parameters(current)
         return results
 
 

@@ -40,6 +40,9 @@ class Rule:
     # True for rules whose update is a finished step (hill climbing): the training loop then
     # applies it as is, with plain SGD at rate 1, whatever optimiser was asked for.
     applies_own_step: ClassVar[bool] = False
+    # True for rules that work on every kind of group (convolutions, capsules, ...) and on
+    # networks with several outputs; the others train dense networks with one output only.
+    any_kind: ClassVar[bool] = False
 
     def __init__(self, **opts: Any):
         unknown = set(opts) - set(self.options)
@@ -57,6 +60,21 @@ class Rule:
 
     def check(self, net: Network) -> None:
         """Raise UsageError if this rule cannot train `net` (called before training starts)."""
+        if self.any_kind:
+            return
+        for j in net.order[1:]:
+            kind = net.groups[j].kind
+            if kind != "dense":
+                raise UsageError(
+                    f"rule {self.name!r} trains dense groups only; group {j!r} is {kind} "
+                    "(rules for every kind: bp, fa, dfa, usf, brsf, frsf, dni, cdni)"
+                )
+        if len(net.outputs) > 1:
+            names = ", ".join(o.name for o in net.outputs)
+            raise UsageError(
+                f"rule {self.name!r} trains networks with one output only; this one has "
+                f"{len(net.outputs)} ({names})"
+            )
 
     def updates(self, net: Network, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """The update for every parameter of `net` on the batch (x, y)."""

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from creditlab.engine.backward import backward_sweep, output_delta, weight_updates
+from creditlab.engine.backward import error_sweep, weight_updates
 from creditlab.rules.base import Rule
 
 
 class Backprop(Rule):
     name = "bp"
     summary = "backpropagation: errors return along W^T, the exact gradient"
+    any_kind = True
 
     def updates(self, net, x, y):
-        trace = net.forward(x, train=True)
-        self.last_loss = net.loss_fn.mean(trace.z[net.output_name], y)
-        deltas = backward_sweep(net, trace, {net.output_name: output_delta(net, trace, y)})
-        return weight_updates(net, trace, deltas)
+        trace = net.forward(x, train=True, labels=y)
+        self.last_loss = net.total_loss(trace, y)
+        return weight_updates(net, trace, error_sweep(net, trace, y))

@@ -2,7 +2,12 @@
 
 With e = delta_o = dE/ds_o, every hidden group j (any group but the input and the output, in a
 DAG too) gets delta_j = f_j'(s_j) * (e B_j) through one fixed random B_j of shape
-(size_o, size_j); the output layer keeps its exact gradient. No error travels group to group,
+(size_o, size_j); the output layer keeps its exact gradient. A group of any shape (an image,
+capsules) hears e through its flattened size, and its kind turns delta_j into its parameters'
+gradient; groups without parameters (pooling, masks) need no signal. With several outputs, e is
+every output's delta side by side (size_o the sum of their sizes), and each output keeps the
+exact gradient of its own loss. The matrices are sized before they are drawn, and a network for
+which they would not fit in memory is refused. No error travels group to group,
 so there is no sequential sweep: all the B_j sit side by side in one (size_o, sum of hidden
 sizes) matrix, and one matrix product gives every group's signal at once.
 
@@ -25,11 +30,12 @@ from typing import ClassVar
 
 import torch
 
-from creditlab.engine.backward import local_delta, output_delta, weight_updates
+from creditlab.engine.backward import local_delta, output_deltas, weight_updates
 from creditlab.engine.network import Network
 from creditlab.rules.base import Option, Rule
 from creditlab.rules.machinery.feedback import (
     FixedMatrices,
+    check_fits,
     distribution_option,
     positive,
     random_matrix,
@@ -42,6 +48,7 @@ from creditlab.rules.machinery.feedback import (
 class DirectFeedbackAlignment(Rule):
     name = "dfa"
     summary = "direct feedback alignment: the output error reaches each hidden group via fixed B_j"
+    any_kind = True
     options: ClassVar[dict[str, Option]] = {
         "scale": scale_option(
             0.5, "std of B_j as a multiple of the output group's initial weights' std (> 0)"
@@ -56,8 +63,20 @@ class DirectFeedbackAlignment(Rule):
         self._joined: tuple[dict, torch.Tensor | None, list[int]] | None = None
 
     @staticmethod
+    def _targets(net: Network) -> list[str]:
+        """The hidden groups that hear the output error: those with parameters."""
+        return [j for j in net.hidden if net.kind(j).weighted]
+
+    @staticmethod
     def _shapes(net: Network) -> dict[str, tuple[int, int]]:
-        return {j: (net.output_size, net.groups[j].size) for j in net.hidden}
+        size_o = sum(net.groups[o.name].size for o in net.outputs)
+        return {j: (size_o, net.groups[j].size) for j in DirectFeedbackAlignment._targets(net)}
+
+    def check(self, net):
+        if self.B.matrices is None and self.B.loaded is None:
+            shapes = self._shapes(net)
+            entries = sum(a * b for a, b in shapes.values())
+            check_fits(self.name, "its fixed matrices B_j", entries, net)
 
     def _draw(self, net: Network, j: str, shape: tuple[int, int]) -> torch.Tensor:
         std = self.scale * net.init_std(net.output_name)
@@ -65,23 +84,29 @@ class DirectFeedbackAlignment(Rule):
 
     def _all(self, net: Network) -> tuple[torch.Tensor | None, list[int]]:
         """[B_j for every hidden j] as one matrix, joined once per binding, and the sizes."""
+        if net is not self.B.net:
+            self.check(net)  # sized before drawn
         matrices = self.B.get(net)
         if self._joined is None or self._joined[0] is not matrices:
-            parts = [matrices[j] for j in net.hidden]
+            targets = self._targets(net)
+            parts = [matrices[j] for j in targets]
             B_all = torch.cat(parts, dim=1) if parts else None  # None: no hidden group
-            self._joined = (matrices, B_all, [net.groups[j].size for j in net.hidden])
+            self._joined = (matrices, B_all, [net.groups[j].size for j in targets])
         return self._joined[1], self._joined[2]
 
     def updates(self, net, x, y):
         B_all, sizes = self._all(net)
-        trace = net.forward(x, train=True)
-        o = net.output_name
-        self.last_loss = net.loss_fn.mean(trace.z[o], y)
-        e = output_delta(net, trace, y)
-        deltas = {o: e}
+        trace = net.forward(x, train=True, labels=y)
+        self.last_loss = net.total_loss(trace, y)
+        deltas = output_deltas(net, trace, y)
         if sizes:
+            e = (
+                torch.cat(list(deltas.values()), dim=1)
+                if len(deltas) > 1
+                else next(iter(deltas.values()))
+            )
             signals = (e @ B_all).split(sizes, dim=1)  # e B_j for every hidden j, one product
-            for j, signal in zip(net.hidden, signals, strict=True):
+            for j, signal in zip(self._targets(net), signals, strict=True):
                 deltas[j] = local_delta(net, trace, j, signal)
         return weight_updates(net, trace, deltas)
 

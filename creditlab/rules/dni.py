@@ -43,6 +43,7 @@ class DNI(Rule):
         "synth_momentum": Option(float, 0.9, "momentum of the sgd synthesizer optimiser"),
     }
     conditioned = False  # cdni: the synthesizers also read the target
+    any_kind = True
 
     def __init__(self, **opts: Any):
         super().__init__(**opts)
@@ -73,7 +74,7 @@ class DNI(Rule):
 
     def updates(self, net, x, y):
         deltas, trace, metrics = self.sg.step(net, x, y)
-        self.last_loss = net.loss_fn.mean(trace.z[net.output_name], y)
+        self.last_loss = net.total_loss(trace, y)
         self.metrics = metrics
         return weight_updates(net, trace, deltas)
 

@@ -151,6 +151,7 @@ class DifferenceTargetPropagation(Rule):
         return targets
 
     def check(self, net: Network) -> None:
+        super().check(net)
         chain(net, self.name)  # a network with merges or skips is refused before training
 
     def updates(self, net, x, y):

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from creditlab.engine.backward import incoming_signal, local_delta, output_delta, transpose_feedback
+from creditlab.engine.backward import incoming_signal, local_delta, loss_signals, transpose_feedback
 from creditlab.engine.network import Network, Trace
 from creditlab.errors import UsageError
 from creditlab.optim import SGD, Adam, Optimizer
@@ -89,15 +89,18 @@ def synthetic_sweep(
     there from above (the synthesizer's target).
     """
     feedback = transpose_feedback(net)
-    deltas = {net.output_name: output_delta(net, trace, y)}
+    sources = loss_signals(net, trace, y)  # dE/dz_o at the outputs
+    deltas: dict[str, Tensor] = {}
     arriving: dict[str, Tensor] = {}
     cut = set(boundaries)
     for j in reversed(net.order):
-        if j in deltas or j == net.input_name:
+        if j == net.input_name:
             continue
-        # Every group but the output feeds some group above it, and every group above has a
+        # Every group but an output feeds some group above it, and every group above has a
         # delta by now (reverse topological order), so a signal always arrives.
-        incoming = incoming_signal(net, deltas, j, feedback)
+        incoming = incoming_signal(net, deltas, j, feedback, trace)
+        if j in sources:
+            incoming = sources[j] if incoming is None else incoming.add_(sources[j])
         if j in cut:
             arriving[j] = incoming
             incoming = synthetic(j)
@@ -109,7 +112,7 @@ def condition(net: Network, y: Tensor) -> Tensor:
     """What a conditioned synthesizer reads beside z_b: the one-hot label for class labels,
     the target itself for losses with output-shaped targets (mse, bce)."""
     if y.dim() == 1:
-        return torch.nn.functional.one_hot(y, net.output_size).to(net.dtype)
+        return torch.nn.functional.one_hot(y, net.n_scores).to(net.dtype)
     return y.to(net.dtype)
 
 
@@ -223,7 +226,7 @@ class SyntheticGradients:
     # ---- set-up -----------------------------------------------------------------------------
     def setup(self, net: Network) -> None:
         self.boundaries = resolve_boundaries(net, self.names, self.rule)
-        extra = net.output_size if self.conditioned else 0
+        extra = net.n_scores if self.conditioned else 0
         self.synths = {}
         for b in self.boundaries:
             size = net.groups[b].size
@@ -256,7 +259,7 @@ class SyntheticGradients:
         """
         if self.boundaries is None:
             self.setup(net)
-        trace = net.forward(x, train=True)
+        trace = net.forward(x, train=True, labels=y)
         c = condition(net, y) if self.conditioned else None
         inputs: dict[str, Tensor] = {}
         predictions: dict[str, tuple[Tensor, Tensor | None]] = {}

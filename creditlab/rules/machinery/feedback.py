@@ -2,7 +2,9 @@
 
 These rules keep backpropagation's forward pass and its output error delta_o = dE/ds_o, and
 change only the way errors travel down: a matrix B_jk of W_jk^T's shape (size_k, size_j) carries
-delta_k back to group j, so delta_j = f_j'(s_j) * sum over k in outs(j) of delta_k B_jk.
+delta_k back to group j, so delta_j = f_j'(s_j) * sum over k in outs(j) of delta_k B_jk. For
+convolutions and capsules B has the kernel's or the transformation's shape, and the connection's
+kind uses it in W's place (engine/kinds/); the rules here need no code of their own for them.
 
 - fa (Lillicrap et al. 2016): B_jk random, drawn once and never trained;
 - usf, brsf, frsf (Liao, Leibo and Poggio 2016): B_jk = M_jk o sign(W_jk)^T, sign-concordant
@@ -19,12 +21,13 @@ same matrices on any device, in any dtype, whatever order the groups were built 
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from collections.abc import Callable
 
 import torch
 
-from creditlab.engine.backward import backward_sweep, output_delta, weight_updates
+from creditlab.engine.backward import error_sweep, weight_updates
 from creditlab.engine.network import Network, weight_name
 from creditlab.errors import UsageError
 from creditlab.rules.base import Option, Rule
@@ -76,13 +79,37 @@ def random_matrix(
 
 
 def feedback_connections(net: Network) -> list[tuple[str, str]]:
-    """The connections (i, j) whose feedback carries a signal: i is not the input group."""
-    return [(i, j) for j in net.order for i in net.groups[j].ins if i != net.input_name]
+    """The connections (i, j) whose feedback carries a signal: i is not the input group, and
+    the connection has weights (pooling and masks carry their signal exactly)."""
+    return [
+        (i, j)
+        for j in net.order
+        if net.kind(j).weighted
+        for i in net.groups[j].ins
+        if i != net.input_name
+    ]
 
 
-def transposed_shape(net: Network, i: str, j: str) -> tuple[int, int]:
-    """W_ij^T's shape (size_j, size_i): the shape of the matrix in its place."""
-    return (net.groups[j].size, net.groups[i].size)
+def transposed_shape(net: Network, i: str, j: str) -> tuple[int, ...]:
+    """The shape of the tensor in W_ij's place on the way back: W_ij^T's, (size_j, size_i),
+    for dense connections; the kernel's or transformation's own for the other kinds."""
+    return tuple(net.feedback_view(i, j).shape)
+
+
+def check_fits(rule: str, what: str, entries: int, net: Network) -> None:
+    """Refuse, before allocating, tensors of `entries` numbers that would not fit in the free
+    memory of the network's device (counting the float64 draw they are made from)."""
+    need = entries * (8 + torch.finfo(net.dtype).bits // 8)
+    if net.device.type == "cuda":
+        free = torch.cuda.mem_get_info(net.device)[0]
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > free // 2:
+        raise UsageError(
+            f"rule {rule!r} would need {need / 2**30:.1f} GiB for {what} ({entries:,} "
+            f"numbers); {free / 2**30:.1f} GiB are free on {net.device}. Use a smaller network "
+            "or another rule."
+        )
 
 
 class FixedMatrices:
@@ -183,13 +210,13 @@ class SignConcordant:
 
     def __call__(self, net: Network, magnitudes: dict[str, Tensor] | None) -> dict[str, Tensor]:
         for i, j in feedback_connections(net):
-            key, W = weight_name(i, j), net.W[(i, j)]
+            key, W = weight_name(i, j), net.feedback_view(i, j)
             out = self.out.get(key)
-            if out is None or out.shape != W.t().shape or out.dtype != W.dtype:
-                out = self.out[key] = torch.empty_like(W.t(), memory_format=torch.contiguous_format)
+            if out is None or out.shape != W.shape or out.dtype != W.dtype:
+                out = self.out[key] = torch.empty_like(W, memory_format=torch.contiguous_format)
             elif out.device != W.device:
                 out = self.out[key] = out.to(W.device)
-            torch.sign(W.t(), out=out)
+            torch.sign(W, out=out)
             if magnitudes is not None:
                 out.mul_(magnitudes[key])
             # c = scale ||W|| / ||M o sign(W)||; the floor keeps an all-zero W at B = 0.
@@ -206,18 +233,15 @@ class FeedbackRule(Rule):
     """
 
     def step_feedback(self, net: Network) -> dict[str, Tensor]:
-        """Per weight name W[i->j] (i not the input), the (size_j, size_i) matrix for this step."""
+        """Per weight name W[i->j] (i not the input), the tensor in W's place for this step,
+        shaped like net.feedback_view(i, j): (size_j, size_i) for dense connections."""
         raise NotImplementedError
+
+    any_kind = True
 
     def updates(self, net, x, y):
         B = self.step_feedback(net)
-        trace = net.forward(x, train=True)
-        o = net.output_name
-        self.last_loss = net.loss_fn.mean(trace.z[o], y)
-        deltas = backward_sweep(
-            net,
-            trace,
-            {o: output_delta(net, trace, y)},
-            feedback=lambda i, j: B[weight_name(i, j)],
-        )
+        trace = net.forward(x, train=True, labels=y)
+        self.last_loss = net.total_loss(trace, y)
+        deltas = error_sweep(net, trace, y, feedback=lambda i, j: B[weight_name(i, j)])
         return weight_updates(net, trace, deltas)

@@ -1,0 +1,146 @@
+"""LeNet-5 on MNIST trained by backpropagation and the rules that carry errors back otherwise,
+side by side, with a plain PyTorch LeNet (nn.Module + autograd) as the speed reference.
+
+Every rule trains the same `lenet` model string (conv 6@5x5 padding 2, max pool, conv 16@5x5,
+max pool, dense 120-84-10, relu) from the same initial weights, on the same batches, with Adam
+at the same rate; the best validation epoch's test error is reported (the test set is never
+selected on). The PyTorch reference trains bp's network alike in the same process, epochs
+alternating with creditlab's bp, for the seconds-per-epoch ratio. The targets are BioTorch's
+published LeNet errors (bp 0.91%, usf/brsf/frsf 1.0%, fa 1.70%, dfa 1.61%, after 100 epochs).
+
+    python benchmarks/lenet_mnist.py --epochs 20                      # every rule, the target
+    python benchmarks/lenet_mnist.py --rules bp fa --epochs 2 --train-subset 10000
+    python benchmarks/lenet_mnist.py --device cuda --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from creditlab.data import load_dataset
+from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation, evaluate
+
+TARGETS = {"bp": 0.91, "usf": 1.0, "brsf": 1.0, "frsf": 1.0, "fa": 1.70, "dfa": 1.61}
+
+
+class TorchLeNet(torch.nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        names = [
+            ("input", "conv1"),
+            ("pool1", "conv2"),
+            ("pool2", "fc1"),
+            ("fc1", "fc2"),
+            ("fc2", "out"),
+        ]
+        self.layers = torch.nn.ModuleList(
+            [torch.nn.Conv2d(1, 6, 5, padding=2), torch.nn.Conv2d(6, 16, 5)]
+            + [torch.nn.Linear(*net.W[key].shape) for key in names[2:]]
+        )
+        with torch.no_grad():
+            for layer, (i, j) in zip(self.layers, names, strict=True):
+                W = net.W[(i, j)]
+                layer.weight.copy_(W if W.dim() == 4 else W.t())
+                layer.bias.copy_(net.b[j])
+
+    def forward(self, x):
+        c1, c2, f1, f2, out = self.layers
+        h = F.max_pool2d(F.relu(c1(x.view(-1, 1, 28, 28))), 2)
+        h = F.max_pool2d(F.relu(c2(h)), 2).flatten(1)
+        return out(F.relu(f2(F.relu(f1(h)))))
+
+
+def torch_epoch(model, opt, data, config, epoch, device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    order = epoch_permutation(config.seed, epoch, data.train_x.shape[0], device)
+    xs, ys = data.train_x[order], data.train_y[order]
+    for a in range(0, xs.shape[0], config.batch_size):
+        loss = F.cross_entropy(model(xs[a : a + config.batch_size]), ys[a : a + config.batch_size])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rules", nargs="+", default=list(TARGETS))
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--train-subset", type=int, default=None)
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    args = parser.parse_args()
+    torch.set_flush_denormal(True)
+    data = load_dataset("mnist", progress=False)
+    rows = []
+    for name in args.rules:
+        config = TrainConfig(
+            dataset="mnist",
+            model="lenet",
+            rule=name,
+            optimizer="adam",
+            lr=args.lr,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            probe_every=0,
+            train_subset=args.train_subset,
+            device=args.device,
+        )
+        trainer = Trainer(config, progress=False, data=data)
+        d, device = trainer.data, trainer.device
+        reference = name == "bp" and not args.no_torch
+        if reference:
+            model = TorchLeNet(trainer.net).to(device)
+            opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+        ours, theirs = [], []
+        best = (-1.0, 0, None)  # validation accuracy, epoch, parameters
+        for epoch in range(1, args.epochs + 1):
+            if reference and epoch % 2 == 0:  # alternate who goes first
+                theirs.append(torch_epoch(model, opt, d, config, epoch, device))
+            record = trainer.train_epoch(epoch)
+            if record["val_accuracy"] > best[0]:
+                best = (record["val_accuracy"], epoch, trainer.net.copy_parameters())
+            ours.append(record["seconds"])
+            if reference and epoch % 2 == 1:
+                theirs.append(torch_epoch(model, opt, d, config, epoch, device))
+            line = (
+                f"{name} epoch {epoch}: {ours[-1]:.1f} s, val accuracy {record['val_accuracy']:.4f}"
+            )
+            if reference:
+                line += f"; pytorch {theirs[-1]:.1f} s, ratio {ours[-1] / theirs[-1]:.3f}"
+            print(line, flush=True)
+        trainer.net.load_parameters(best[2])
+        _, accuracy = evaluate(trainer.net, trainer.rule, d.test_x, d.test_y, d.n_classes)
+        rows.append((name, 100 * (1 - accuracy), best[1], sum(ours) / len(ours)))
+        if reference:
+            with torch.no_grad():
+                wrong = sum(
+                    int((model(d.test_x[a : a + 1000]).argmax(1) != d.test_y[a : a + 1000]).sum())
+                    for a in range(0, d.test_x.shape[0], 1000)
+                )
+            print(
+                f"pytorch reference after {args.epochs} epochs: test error "
+                f"{100 * wrong / d.test_x.shape[0]:.2f}%; creditlab / pytorch seconds per epoch "
+                f"= {sum(ours) / sum(theirs):.3f}"
+            )
+    print(f"\n{'rule':6s} {'test error':>10s} {'target':>7s} {'best epoch':>10s} {'s/epoch':>8s}")
+    for name, error, best, seconds in rows:
+        target = f"{TARGETS[name]:.2f}%" if name in TARGETS else "-"
+        print(f"{name:6s} {error:9.2f}% {target:>7s} {best:10d} {seconds:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

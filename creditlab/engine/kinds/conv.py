@@ -1,0 +1,111 @@
+"""2-D convolution: s_j = W_ij * z_i + b_j, a kernel W_ij of shape (C_out, C_in, k, k) slid over
+the image z_i (C_in, H, W) with a stride and zero padding; one bias per output channel.
+
+The signal back to i is the transposed convolution of delta_j with the kernel (or with a rule's
+stand-in kernel F): dE/dz_i = W^T * delta_j. The kernel's gradient correlates z_i with delta_j.
+Both are computed with torch's convolution kernels called directly (conv_transpose2d, and
+aten.convolution_backward for the weight, the kernel that conv2d's backward runs); no autograd
+graph is built or walked.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from creditlab.engine.kinds.base import Kind, accumulate, image_of, out_size
+
+Tensor = torch.Tensor
+
+
+def conv_geometry(net, group) -> tuple[int, int, int, int, int, int]:
+    """(C_in, H, W, kernel, stride, padding) of a convolution group, read from its options."""
+    (i,) = group.ins
+    c, h, w = image_of(net, i, group)
+    o = group.options
+    return c, h, w, o["kernel"], o["stride"], o["padding"]
+
+
+def conv_output(net, group, channels: int) -> tuple[int, int, int]:
+    _c, h, w, k, stride, pad = conv_geometry(net, group)
+    h_out = out_size(h, k, stride, pad, group.name, "height")
+    w_out = out_size(w, k, stride, pad, group.name, "width")
+    return channels, h_out, w_out
+
+
+def conv_forward(x: Tensor, W: Tensor, b: Tensor | None, stride: int, padding: int) -> Tensor:
+    return F.conv2d(x, W, b, stride=stride, padding=padding)
+
+
+def conv_signal(delta: Tensor, F_: Tensor, in_shape, stride: int, padding: int) -> Tensor:
+    """W^T * delta: the transposed convolution, padded at the far edge to the input's size (a
+    stride > 1 can drop the last rows and columns, which then receive no signal)."""
+    _, h, w = in_shape
+    k = F_.shape[-1]
+    h_out, w_out = delta.shape[-2:]
+    extra = (
+        h - ((h_out - 1) * stride - 2 * padding + k),
+        w - ((w_out - 1) * stride - 2 * padding + k),
+    )
+    return F.conv_transpose2d(delta, F_, stride=stride, padding=padding, output_padding=extra)
+
+
+def conv_weight_grad(x: Tensor, delta: Tensor, W: Tensor, stride: int, padding: int) -> Tensor:
+    """dE/dW = sum over the batch and positions of delta_j x_i-patch: the weight half of the
+    convolution's backward kernel, asked for the weight alone."""
+    _, grad_w, _ = torch.ops.aten.convolution_backward(
+        delta,
+        x,
+        W,
+        None,
+        [stride, stride],
+        [padding, padding],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [False, True, False],
+    )
+    return grad_w
+
+
+class Conv(Kind):
+    name = "conv"
+
+    def shape(self, net, group):
+        return conv_output(net, group, group.options["channels"])
+
+    def weight_shape(self, net, i, group):
+        c = image_of(net, i, group)[0]
+        k = group.options["kernel"]
+        return (group.options["channels"], c, k, k)
+
+    def bias_shape(self, group):
+        return (group.options["channels"],)
+
+    def fans(self, net, group):
+        c, _, _, k, _, _ = conv_geometry(net, group)
+        return c * k * k, group.options["channels"] * k * k
+
+    def forward(self, net, group, trace, inputs):
+        (i,), j = group.ins, group.name
+        x = inputs[0].reshape(-1, *net.groups[i].shape)
+        _, _, _, _, stride, pad = conv_geometry(net, group)
+        return conv_forward(x, net.W[(i, j)], net.b[j], stride, pad).reshape(x.shape[0], -1)
+
+    def signal(self, net, trace, i, group, delta, F, out=None):
+        shape = net.groups[i].shape
+        _, _, _, _, stride, pad = conv_geometry(net, group)
+        d = delta.reshape(-1, *group.shape)
+        return accumulate(out, conv_signal(d, F, shape, stride, pad).reshape(d.shape[0], -1))
+
+    def weight_grad(self, net, trace, i, group, delta):
+        _, _, _, _, stride, pad = conv_geometry(net, group)
+        x = trace.sent(i).reshape(-1, *net.groups[i].shape)
+        d = delta.reshape(-1, *group.shape)
+        W = net.W[(i, group.name)]
+        return conv_weight_grad(x, d, W, stride, pad).mul_(1.0 / delta.shape[0])
+
+    def bias_grad(self, group, delta):
+        per_channel = delta.reshape(delta.shape[0], group.shape[0], -1).sum(dim=(0, 2))
+        return per_channel.mul_(1.0 / delta.shape[0])
