@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from creditlab.engine.backward import backward_sweep, output_delta, weight_updates
 from creditlab.rules.base import Rule
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
 class Backprop(Rule):
     name = "bp"
     summary = "backpropagation: errors return along W^T, the exact gradient"
+    search_space: ClassVar[SearchSpace] = optimiser_space()
 
     def updates(self, net, x, y):
         trace = net.forward(x, train=True)
