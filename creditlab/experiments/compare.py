@@ -397,13 +397,23 @@ def _run_on_pool(
 ) -> None:
     """Every run as a job of the pool (Ray workers), their results recorded as they come in and
     kept in the compare's order (seed by seed, rule by rule)."""
-    shared = pool.share(data)
+    done: dict[int, dict[str, Any]] = {}
+    shared = None
     for k, (name, seed, config) in enumerate(runs):
         where = f"[{k + 1}/{len(runs)}] {name} seed {seed}"
         folder = run_dir(out_dir, name, seed)
+        if run_state(folder, config)[0] == "done":  # kept; no need to start a worker for it
+            done[k] = {
+                "dir": folder.relative_to(out_dir).as_posix(),
+                **_read_json(folder / "results.json"),
+            }
+            log(f"{where}: {done[k]['status']} earlier, kept")
+            continue
+        shared = pool.share(data) if shared is None else shared
         pool.submit(k, _run, config, folder, shared, memory, force, False, print, where)
-    log(f"{len(runs)} runs sent to {pool.description}")
-    done: dict[int, dict[str, Any]] = {}
+    if pool.busy():
+        log(f"{pool.busy()} run(s) sent to {pool.description}")
+    record["runs"] = [done[i] for i in sorted(done)]
     while pool.busy():
         k, results, error = pool.wait()
         name, seed, _ = runs[k]

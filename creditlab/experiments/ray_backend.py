@@ -37,6 +37,7 @@ class SequentialPool:
     """No Ray: every job runs here, in the order submitted, when its result is asked for."""
 
     slots = 1
+    remote = False
 
     def __init__(self, reason: str):
         self.description = f"{reason}: running one job after another in this process"
@@ -60,7 +61,10 @@ class SequentialPool:
 
 
 class RayPool:
-    """Jobs as Ray tasks, on a local Ray started here or on an existing cluster (address)."""
+    """Jobs as Ray tasks, on a local Ray started here or on an existing cluster (address).
+    Ray starts with the first job, so a run that finds everything done never starts it."""
+
+    remote = True
 
     def __init__(
         self,
@@ -70,16 +74,34 @@ class RayPool:
         cpus_per_job: float,
         gpus_per_job: float,
     ):
-        self.ray = ray
+        self.ray, self.address = ray, address
+        self.workers = workers or os.cpu_count() or 1
+        self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
+        self.started = False
+        self.pending: dict[Any, Any] = {}  # Ray object reference -> the job's key
         if address is None:
-            workers = workers or os.cpu_count() or 1
+            self.description = f"a local Ray with {self.workers} worker(s)"
+        else:
+            self.description = f"the Ray cluster at {address}"
+
+    @property
+    def slots(self) -> int:
+        """How many jobs run at once (starts Ray)."""
+        self._start()
+        return self._slots
+
+    def _start(self) -> None:
+        if self.started:
+            return
+        ray, address, workers = self.ray, self.address, self.workers
+        cpus_per_job, gpus_per_job = self.cpus_per_job, self.gpus_per_job
+        if address is None:
             ray.init(
                 num_cpus=workers,
                 include_dashboard=False,
                 log_to_driver=False,  # trials run quietly; tune prints their progress
                 configure_logging=False,
             )
-            where = f"a local Ray with {workers} worker(s)"
         else:
             try:
                 # The cluster's workers import creditlab from this checkout, shipped with the job.
@@ -92,27 +114,29 @@ class RayPool:
                 )
             except (ConnectionError, RuntimeError, ValueError) as err:
                 raise UsageError(f"cannot connect to the Ray cluster at {address}: {err}") from None
-            where = f"the Ray cluster at {address}"
+        self.started = True
+        where = self.description
         cpus = ray.cluster_resources().get("CPU", 1)
         gpus = ray.cluster_resources().get("GPU", 0)
-        self.slots = max(1, int(cpus // cpus_per_job))
+        self._slots = max(1, int(cpus // cpus_per_job))
         if gpus_per_job:
             if gpus < gpus_per_job:
                 ray.shutdown()
                 raise UsageError(f"{where} has {gpus:g} GPU(s); a job asks for {gpus_per_job:g}")
-            self.slots = min(self.slots, int(gpus // gpus_per_job))
+            self._slots = min(self._slots, int(gpus // gpus_per_job))
         self.threads = max(1, int(cpus_per_job))
         self.task = ray.remote(run_job).options(
             num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=RETRIES
         )
-        self.description = f"{where}: {self.slots} job(s) at a time"
-        self.pending: dict[Any, Any] = {}  # Ray object reference -> the job's key
+        self.description = f"{where}: {self._slots} job(s) at a time"
 
     def share(self, value: Any) -> Any:
         """Put a large argument (the data set) in Ray's object store once for every job."""
+        self._start()
         return self.ray.put(value)
 
     def submit(self, key: Any, fn: Callable, *args: Any) -> None:
+        self._start()
         self.pending[self.task.remote(fn, self.threads, *args)] = key
 
     def busy(self) -> int:
@@ -132,7 +156,9 @@ class RayPool:
         for ref in self.pending:
             self.ray.cancel(ref, force=True)
         self.pending.clear()
-        self.ray.shutdown()
+        if self.started:
+            self.ray.shutdown()
+            self.started = False
 
 
 def open_pool(
