@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
+import torch
 
 from creditlab import cli
 from creditlab.errors import UsageError
@@ -314,3 +315,50 @@ def test_trial_folders_made_with_other_settings_are_kept_unless_forced(tmp_path)
         tune.tune(other, ["bp"], 1, tmp_path, pool, seeds=1, progress=False)
     folder = Path(tmp_path / "trials/bp/bp-000")
     assert json.loads((folder / "config.json").read_text())["model"] == "mlp:16"
+
+
+@needs_ray
+def test_compare_and_tune_go_to_an_existing_cluster(tmp_path, capsys):
+    """`--address auto` finds a Ray head started apart (`ray start --head`, as on a cluster),
+    and compare's and tune's jobs run there. The head is this test's own process group, ended
+    by its id afterwards."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
+         "--block"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        tiny = [*TINY_ARGS, "--rules", "bp", "--seeds", "1", "--address", "auto"]
+        deadline = time.monotonic() + 120
+        while True:  # the head takes a few seconds to come up
+            code = cli.main(["compare", *tiny, "--out", str(tmp_path / "c")])
+            if code == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "sent to the Ray cluster at auto" in out
+        args = ["tune", *tiny, "--trials", "2", "--out", str(tmp_path / "t")]
+        assert cli.main(args) == 0
+        assert "the Ray cluster at auto" in capsys.readouterr().out
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+
+
+@needs_ray
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_tune_on_cuda_shares_a_gpu_between_trials(tmp_path):
+    """Two trials at a time on one GPU (half a GPU each), through a local Ray."""
+    base = TrainConfig(**{**TINY, "device": "cuda"})
+    pool = open_pool(workers=2, gpus_per_job=0.5)
+    try:
+        tune.tune(base, ["bp", "fa"], 3, tmp_path, pool, seeds=1, progress=False)
+        slots = pool.slots
+    finally:
+        pool.close()
+    assert slots == 2
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert all(r["config"]["device_used"].startswith("cuda") for r in runs)
+    assert all(r["status"] == "finished" for r in runs)

@@ -323,7 +323,11 @@ def compare(
     if configs:  # the settings in which a rule's configuration differs from the shared one
         shared = base.to_dict()
         record["settings"]["rule_configs"] = {
-            name: {k: v for k, v in c.to_dict().items() if v != shared[k] and k != "rule_opts"}
+            name: {
+                k: v
+                for k, v in c.to_dict().items()
+                if v != shared[k] and k not in ("rule", "rule_opts")
+            }
             for name, c in configs.items()
         }
     checkpoint.write_json(out_dir / "results.json", record)
