@@ -320,8 +320,8 @@ def test_trial_folders_made_with_other_settings_are_kept_unless_forced(tmp_path)
 @needs_ray
 def test_compare_and_tune_go_to_an_existing_cluster(tmp_path, capsys):
     """`--address auto` finds a Ray head started apart (`ray start --head`, as on a cluster),
-    and compare's and tune's jobs run there. The head is this test's own process group, ended
-    by its id afterwards."""
+    and compare's jobs run there; tune's go there through the Ray Client (ray://). The head is
+    this test's own process group, ended by its id afterwards."""
     ray_cli = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
         [str(ray_cli), "start", "--head", "--num-cpus", "2", "--include-dashboard", "false",
@@ -339,9 +339,10 @@ def test_compare_and_tune_go_to_an_existing_cluster(tmp_path, capsys):
         out = capsys.readouterr().out
         assert code == 0, out
         assert "sent to the Ray cluster at auto" in out
-        args = ["tune", *tiny, "--trials", "2", "--out", str(tmp_path / "t")]
-        assert cli.main(args) == 0
-        assert "the Ray cluster at auto" in capsys.readouterr().out
+        client = [a if a != "auto" else "ray://127.0.0.1:10001" for a in tiny]  # Ray Client
+        assert cli.main(["tune", *client, "--trials", "2", "--out", str(tmp_path / "t")]) == 0
+        assert "the Ray cluster at ray://127.0.0.1:10001" in capsys.readouterr().out
+        assert (tmp_path / "t" / "trials" / "bp" / "bp-001" / "results.json").exists()
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
