@@ -95,25 +95,16 @@ class RayPool:
             return
         ray, address, workers = self.ray, self.address, self.workers
         cpus_per_job, gpus_per_job = self.cpus_per_job, self.gpus_per_job
-        if address is None:
-            ray.init(
-                num_cpus=workers,
-                include_dashboard=False,
-                log_to_driver=False,  # trials run quietly; tune prints their progress
-                configure_logging=False,
-            )
-        else:
-            try:
-                # The cluster's workers import creditlab from this checkout, shipped with the job.
-                package = Path(__file__).resolve().parents[1]
-                ray.init(
-                    address=address,
-                    runtime_env={"py_modules": [str(package)]},
-                    log_to_driver=False,
-                    configure_logging=False,
-                )
-            except (ConnectionError, RuntimeError, ValueError) as err:
-                raise UsageError(f"cannot connect to the Ray cluster at {address}: {err}") from None
+        if address is None:  # "local": a new Ray here, even where a cluster is running
+            options = {"address": "local", "num_cpus": workers, "include_dashboard": False}
+        else:  # the cluster's workers import creditlab from this checkout, sent with the job
+            package = Path(__file__).resolve().parents[1]
+            options = {"address": address, "runtime_env": {"py_modules": [str(package)]}}
+        try:
+            # log_to_driver off: the trials run quietly, and tune prints their progress.
+            ray.init(**options, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise UsageError(f"cannot start or reach {self.description}: {err}") from None
         self.started = True
         where = self.description
         cpus = ray.cluster_resources().get("CPU", 1)

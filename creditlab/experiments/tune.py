@@ -270,6 +270,17 @@ def zip_longest(rows: list[list[Trial]]) -> list[list[Trial]]:
     return [[r[i] for r in rows if i < len(r)] for i in range(width)]
 
 
+def reuse_best_run(trial: Trial, out_dir: Path, seeds: Sequence[int], log) -> None:
+    """A best trial that trained the whole budget is already the retraining on the search's own
+    seed (same settings, weights and batches): its folder is copied in as that run rather than
+    trained a second time."""
+    target = compare.run_dir(out_dir, trial.rule, trial.config.seed)
+    if trial.status != "finished" or trial.config.seed not in seeds or target.exists():
+        return
+    shutil.copytree(trial.folder, target, ignore=shutil.ignore_patterns("trial.json", "worker.*"))
+    log(f"[{trial.rule}] the best trial {trial.name} is the run on seed {trial.config.seed}")
+
+
 # ---- tune ----------------------------------------------------------------------------------
 def tune(
     base: TrainConfig,
@@ -348,6 +359,8 @@ def tune(
             f"trial(s) {', '.join(failed)} did not finish; run the same command again to retry"
         )
     log(tune_report.status_table(all_trials))
+    for name in rules:
+        reuse_best_run(best[name], out_dir, seeds, log)
     log(f"retraining the best trial of each rule on seed(s) {', '.join(map(str, seeds))}")
     compare.compare(
         base,
