@@ -340,9 +340,9 @@ def test_compare_and_tune_go_to_an_existing_cluster(tmp_path, capsys):
         assert code == 0, out
         assert "sent to the Ray cluster at auto" in out
         client = [a if a != "auto" else "ray://127.0.0.1:10001" for a in tiny]  # Ray Client
-        assert cli.main(["tune", *client, "--trials", "2", "--out", str(tmp_path / "t")]) == 0
+        assert cli.main(["tune", *client, "--trials", "1", "--out", str(tmp_path / "t")]) == 0
         assert "the Ray cluster at ray://127.0.0.1:10001" in capsys.readouterr().out
-        assert (tmp_path / "t" / "trials" / "bp" / "bp-001" / "results.json").exists()
+        assert (tmp_path / "t" / "trials" / "bp" / "bp-000" / "results.json").exists()
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
