@@ -315,6 +315,8 @@ def test_trial_folders_made_with_other_settings_are_kept_unless_forced(tmp_path)
         tune.tune(other, ["bp"], 1, tmp_path, pool, seeds=1, progress=False)
     folder = Path(tmp_path / "trials/bp/bp-000")
     assert json.loads((folder / "config.json").read_text())["model"] == "mlp:16"
+    with pytest.raises(UsageError, match="tuned with --grace-epochs 1 --eta 3"):
+        tune.tune(base, ["bp"], 1, tmp_path, pool, seeds=1, eta=2, progress=False)
 
 
 @needs_ray

@@ -314,6 +314,13 @@ def tune(
     previous = compare._read_json(out_dir / "tune.json")
     if previous is not None and previous.get("kind") != KIND:
         raise UsageError(f"{out_dir / 'tune.json'} is not a tune's record; choose another --out")
+    if previous is not None:  # ASHA's earlier decisions only hold under the same milestones
+        was = previous["settings"]
+        if (was["grace_epochs"], was["eta"]) != (grace, eta):
+            raise UsageError(
+                f"{out_dir} was tuned with --grace-epochs {was['grace_epochs']} --eta "
+                f"{was['eta']}; give the same, or choose another --out"
+            )
     blocked = [
         why
         for name in rules
@@ -334,6 +341,10 @@ def tune(
     for name in rules:
         space = spaces.resolve(rule_class(name), base.optimizer, tuple(fixed.get(name, {})))
         record["rules"][name]["space"] = {k: str(e) for k, e in space.items()}
+    earlier = (previous or {}).get("settings", {})  # the sessions before this one
+    record["settings"]["started"] = earlier.get("started", record["settings"]["started"])
+    record["settings"]["sweep_seconds"] = earlier.get("sweep_seconds", 0.0)
+    checkpoint.write_json(out_dir / "tune.json", record)
     log(
         f"tuning {', '.join(rules)}: {trials} trials each, up to {base.epochs} epochs, ASHA "
         f"milestones {ashas[rules[0]].milestones or 'none'} (eta {eta}), on {pool.description}"
@@ -344,11 +355,7 @@ def tune(
     sweep = Sweep(all_trials, ashas, pool, data, log, progress)
     started = time.perf_counter()
     sweep.run()
-    earlier = (previous or {}).get("settings", {})
-    record["settings"]["started"] = earlier.get("started", record["settings"]["started"])
-    record["settings"]["sweep_seconds"] = earlier.get("sweep_seconds", 0.0) + (
-        time.perf_counter() - started
-    )
+    record["settings"]["sweep_seconds"] += time.perf_counter() - started
     record["settings"]["jobs_run"] = sweep.jobs
     best = tune_report.fill(record, all_trials)
     checkpoint.write_json(out_dir / "tune.json", record)
