@@ -3,6 +3,7 @@ report and its resumption, a worker killed mid-sweep, the fallback without Ray, 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -365,3 +366,13 @@ def test_tune_on_cuda_shares_a_gpu_between_trials(tmp_path):
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert all(r["config"]["device_used"].startswith("cuda") for r in runs)
     assert all(r["status"] == "finished" for r in runs)
+
+
+def test_trials_of_a_rule_that_share_a_network_are_grouped_for_stacking(tmp_path):
+    trials = tune.make_trials(TrainConfig(**TINY), ["fa"], 3, {}, tmp_path)["fa"]
+    assert [t.name for t in trials] == ["fa-000", "fa-001", "fa-002"]
+    assert len({t.config.lr for t in trials}) == 3  # drawn apart, on one network
+    groups = tune.trials_by_architecture(trials)
+    assert list(groups.values()) == [trials]
+    trials[1].config = dataclasses.replace(trials[1].config, model="mlp:8")
+    assert sorted(len(g) for g in tune.trials_by_architecture(trials).values()) == [1, 2]

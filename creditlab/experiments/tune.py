@@ -349,6 +349,11 @@ def tune(
         f"tuning {', '.join(rules)}: {trials} trials each, up to {base.epochs} epochs, ASHA "
         f"milestones {ashas[rules[0]].milestones or 'none'} (eta {eta}), on {pool.description}"
     )
+    shared = max(len(g) for ts in all_trials.values() for g in trials_by_architecture(ts).values())
+    log(
+        f"up to {shared} trials of a rule share a network; with no stacked networks in this "
+        "build, each trial trains on its own"
+    )
     done = sum(t.status in DONE for ts in all_trials.values() for t in ts)
     if done:
         log(f"{done} trial(s) done earlier are kept, not trained again")
