@@ -161,6 +161,11 @@ def test_tune_on_ray_writes_the_reports(swept):
         best = saved["rules"][run["rule"]]["best"]
         assert run["config"]["lr"] == best["params"]["lr"]
         assert run["config"]["epochs"] == 3 and run["status"] == "finished"
+    for name in ("bp", "fa"):  # the retrained test errors, beside the search, per seed
+        errors = saved["rules"][name]["test_errors"]
+        assert errors == {
+            str(r["seed"]): r["test_error"] for r in record["runs"] if r["rule"] == name
+        }
     fa_best = saved["rules"]["fa"]["best"]
     assert record["settings"]["rule_opts"]["fa"]["scale"] == fa_best["params"]["scale"]
     text = (out / "tune.md").read_text()

@@ -374,7 +374,7 @@ def tune(
     for name in rules:
         reuse_best_run(best[name], out_dir, seeds, log)
     log(f"retraining the best trial of each rule on seed(s) {', '.join(map(str, seeds))}")
-    compare.compare(
+    retrained = compare.compare(
         base,
         rules,
         seeds,
@@ -388,6 +388,9 @@ def tune(
         configs={name: best[name].config for name in rules},
         pool=pool if pool.remote else None,
     )
+    for run in retrained["runs"]:  # the test errors of the retrained best, per rule
+        errors = record["rules"][run["rule"]].setdefault("test_errors", {})
+        errors[str(run["seed"])] = run["test_error"]
     record["status"] = "finished"
     checkpoint.write_json(out_dir / "tune.json", record)
     tune_report.render(record, out_dir)

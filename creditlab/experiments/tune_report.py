@@ -13,6 +13,7 @@ import datetime
 import html
 import math
 import platform
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,13 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
+def _test_error(errors: dict[str, float]) -> str:
+    values = [100 * e for e in errors.values()]
+    if len(values) < 2:
+        return f"{values[0]:.2f}" if values else "not yet"
+    return f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}"
+
+
 # ---- tables and the picture ----------------------------------------------------------------
 def tables(record: dict[str, Any]) -> list[Table]:
     s = record["settings"]
@@ -117,12 +125,14 @@ def tables(record: dict[str, Any]) -> list[Table]:
             "settings",
             "search time",
             "epochs trained",
+            "test error (%), retrained",
         ],
         [],
         [
             f"Search time: the time its {s['trials']} trials trained, summed over the workers "
             f"(the sweep of all rules took {_minutes(s.get('sweep_seconds', 0))} of wall time). "
-            "Epochs trained: by all its trials together."
+            "Epochs trained: by all its trials together. Test error: mean +- std over the seeds "
+            "of the best settings trained again (index.html)."
         ],
     )
     trials = Table(
@@ -139,9 +149,10 @@ def tables(record: dict[str, Any]) -> list[Table]:
                 _params(b["params"]),
                 _minutes(entry["search_seconds"]),
                 str(entry["epochs_trained"]),
+                _test_error(entry.get("test_errors", {})),
             ]
             if b
-            else [name, "none", "", "", "", _minutes(entry.get("search_seconds", 0)), ""]
+            else [name, "none", "", "", "", _minutes(entry.get("search_seconds", 0)), "", ""]
         )
         for t in entry.get("trials", []):
             value = "" if math.isnan(t["best_val_accuracy"]) else f"{t['best_val_accuracy']:.4f}"
