@@ -1,8 +1,9 @@
-"""The command line: `creditlab train`, `compare`, `gradcheck` and `rules`."""
+"""The command line: `creditlab train`, `compare`, `tune`, `gradcheck` and `rules`."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -199,9 +200,17 @@ def cmd_compare(args) -> int:
     given, _ = compare.check_rule_options(rules, rule_opts)
     out = Path(args.out) if args.out else compare.default_out_dir(config, rules, seeds, given)
     print(f"comparing {', '.join(rules)} on {len(seeds)} seed(s) in {out}")
+    pool = _open_pool(args) if args.address else None
     try:
         record = compare.compare(
-            config, rules, seeds, rule_opts, out, force=args.force, progress=not args.quiet
+            config,
+            rules,
+            seeds,
+            rule_opts,
+            out,
+            force=args.force,
+            progress=not args.quiet,
+            pool=pool,
         )
     except KeyboardInterrupt:
         print(
@@ -210,6 +219,9 @@ def cmd_compare(args) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        if pool is not None:
+            pool.close()
     from creditlab.experiments import report
 
     print(report.markdown_table(report.tables(record)[0]))
@@ -220,6 +232,86 @@ def cmd_compare(args) -> int:
         print(f"diverged: {', '.join(diverged)}")
     print(f"report in {out / 'index.html'} (table in {out / 'table.md'})")
     return 0
+
+
+def _open_pool(args):
+    from creditlab.experiments.ray_backend import open_pool
+
+    gpus = args.gpus_per_trial
+    if gpus is None:  # a trial on CUDA asks for a whole GPU unless told otherwise
+        gpus = 1.0 if args.device.startswith("cuda") else 0.0
+    return open_pool(args.address, args.workers, args.cpus_per_trial, gpus)
+
+
+def cmd_tune(args) -> int:
+    from creditlab.experiments import compare, tune
+
+    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
+    rules = compare.rule_list(args.rules)
+    rule_opts = compare.parse_rule_opts(args.rule_opt, rules)
+    config = config_from_args(args, rules[0], {})  # each trial sets its rule and settings
+    seeds = compare.seed_list(args.seeds, config.seed)
+    out = Path(args.out) if args.out else Path("reports") / "tune"
+    pool = _open_pool(args)
+    try:
+        tune.tune(
+            config,
+            rules,
+            args.trials,
+            out,
+            pool,
+            seeds=seeds,
+            rule_opts=rule_opts,
+            grace=args.grace_epochs,
+            eta=args.eta,
+            force=args.force,
+            progress=not args.quiet,
+            command=shlex.join(["creditlab", *sys.argv[1:]]),
+        )
+    except KeyboardInterrupt:
+        print(
+            "creditlab: interrupted; finished trials and the checkpoints of the others are "
+            f"kept: run the same command again (with --out {out}) to go on",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        pool.close()
+    print(
+        f"best configurations in {out / 'tune.md'} ({out / 'tune.html'}); the retrained best "
+        f"on the test set in {out / 'index.html'}"
+    )
+    return 0
+
+
+def add_pool_options(p: argparse.ArgumentParser, tune: bool) -> None:
+    p.add_argument(
+        "--address",
+        default=None,
+        help="an existing Ray cluster: auto, or ray://HOST:PORT"
+        + ("" if tune else " (default: train here, one run after another)"),
+    )
+    if not tune:
+        p.set_defaults(workers=None, cpus_per_trial=1.0, gpus_per_trial=None)
+        return
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local Ray: how many workers (default: one per core)",
+    )
+    p.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        default=1.0,
+        help="cores each trial takes (default %(default)s)",
+    )
+    p.add_argument(
+        "--gpus-per-trial",
+        type=float,
+        default=None,
+        help="GPUs each trial takes, e.g. 0.25 (default: 1 with --device cuda, else 0)",
+    )
 
 
 def cmd_gradcheck(args) -> int:
@@ -260,11 +352,16 @@ def cmd_capsules(args) -> int:
 
 def cmd_rules(args) -> int:
     from creditlab.rules import RULES
+    from creditlab.rules.machinery.space import describe
 
     for name, cls in sorted(RULES.items()):
         print(f"{name:10s} {cls.summary}")
         for key, opt in cls.options.items():
             print(f"{'':10s}   {name}.{key}={opt.default!r} ({opt.type.__name__}) {opt.help}")
+        if cls.search_space:
+            print(f"{'':10s}   search space (creditlab tune):")
+            for line in describe(cls):
+                print(f"{'':10s}     {line}")
     return 0
 
 
@@ -333,7 +430,52 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="draw the report again from --out's results.json, training nothing",
     )
+    add_pool_options(p, tune=False)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "tune", help="the same hyperparameter search for every rule, on Ray, and a report"
+    )
+    add_training_options(p)
+    p.set_defaults(optimizer="adam", lr=1e-3)  # as compare; the search draws lr and the rest
+    p.add_argument("--rules", default="bp,fa", help="comma-separated rules (default %(default)s)")
+    p.add_argument("--trials", type=int, default=20, help="trials per rule (default %(default)s)")
+    p.add_argument(
+        "--grace-epochs",
+        type=int,
+        default=1,
+        help="ASHA: epochs before a trial can be stopped (default %(default)s)",
+    )
+    p.add_argument(
+        "--eta",
+        type=int,
+        default=3,
+        help="ASHA: reduction factor, about 1 trial in eta goes on at each milestone "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--seeds",
+        default="3",
+        help="seeds the best configuration of each rule is retrained on (default %(default)s)",
+    )
+    p.add_argument(
+        "--rule-opt",
+        action="append",
+        default=[],
+        metavar="RULE.KEY=VALUE",
+        help="fix an option of a rule (it is then not searched), e.g. "
+        "dtp.schedule=alternating (repeatable)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default reports/tune); running the same command again resumes",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="start over trials whose folder holds other settings"
+    )
+    add_pool_options(p, tune=True)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("gradcheck", help="check bp against finite differences and autograd")
     p.add_argument("--trials", type=int, default=6, help="random networks per loss")

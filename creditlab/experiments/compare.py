@@ -249,12 +249,18 @@ def compare(
     log: Callable[[str], None] = print,
     data: Dataset | None = None,
     command: str | None = None,
+    configs: dict[str, TrainConfig] | None = None,
+    pool: Any = None,
 ) -> dict[str, Any]:
     """Train every rule on every seed into out_dir, then write results.json and the report.
 
     rule_opts maps a rule to its option overrides (strings from the command line or values).
+    configs gives a rule its own base configuration in place of `base` (a tune's best
+    settings). pool (creditlab.experiments.ray_backend) runs the runs on Ray workers; without
+    one they train here, one after another.
     Returns the aggregated record written to out_dir/results.json.
     """
+    configs = configs or {}
     out_dir = Path(out_dir)
     rules = rule_list(rules)
     seeds = seed_list(seeds, base.seed)
@@ -272,7 +278,9 @@ def compare(
             f"{out_dir / 'results.json'} is not a compare's results; choose another --out"
         )
     runs = [
-        (name, seed, run_config(base, name, opts[name], seed)) for seed in seeds for name in rules
+        (name, seed, run_config(configs.get(name, base), name, opts[name], seed))
+        for seed in seeds
+        for name in rules
     ]
     # Everything that could stop the compare is checked before the first run trains.
     blocked = []
@@ -288,7 +296,7 @@ def compare(
     if data is None:
         data = load_dataset(base.dataset, base.data_dir, base.val_size, progress)
     for name in rules:  # options that depend on the network (e.g. block boundaries)
-        _try_rule_on_network(run_config(base, name, opts[name], seeds[0]), data)
+        _try_rule_on_network(run_config(configs.get(name, base), name, opts[name], seeds[0]), data)
 
     device = resolve_device(base.device)
     record: dict[str, Any] = {
@@ -312,14 +320,27 @@ def compare(
         },
         "runs": [],
     }
+    if configs:  # the settings in which a rule's configuration differs from the shared one
+        shared = base.to_dict()
+        record["settings"]["rule_configs"] = {
+            name: {
+                k: v
+                for k, v in c.to_dict().items()
+                if v != shared[k] and k not in ("rule", "rule_opts")
+            }
+            for name, c in configs.items()
+        }
     checkpoint.write_json(out_dir / "results.json", record)
     memory = PeakMemory(device)
-    for k, (name, seed, config) in enumerate(runs, 1):
-        where = f"[{k}/{len(runs)}] {name} seed {seed}"
-        folder = run_dir(out_dir, name, seed)
-        results = _run(config, folder, data, memory, force, progress, log, where)
-        record["runs"].append({"dir": folder.relative_to(out_dir).as_posix(), **results})
-        checkpoint.write_json(out_dir / "results.json", record)
+    if pool is not None:
+        _run_on_pool(pool, runs, out_dir, data, memory, force, log, record)
+    else:
+        for k, (name, seed, config) in enumerate(runs, 1):
+            where = f"[{k}/{len(runs)}] {name} seed {seed}"
+            folder = run_dir(out_dir, name, seed)
+            results = _run(config, folder, data, memory, force, progress, log, where)
+            record["runs"].append({"dir": folder.relative_to(out_dir).as_posix(), **results})
+            checkpoint.write_json(out_dir / "results.json", record)
     record["status"] = "finished"
     record["settings"]["finished"] = _now()
     checkpoint.write_json(out_dir / "results.json", record)
@@ -366,6 +387,50 @@ def _run(
     results["peak_memory"] = memory.stop()
     checkpoint.write_json(folder / "results.json", results)
     return results
+
+
+def _run_on_pool(
+    pool: Any,
+    runs: list[tuple[str, int, TrainConfig]],
+    out_dir: Path,
+    data: Dataset,
+    memory: PeakMemory,
+    force: bool,
+    log: Callable[[str], None],
+    record: dict[str, Any],
+) -> None:
+    """Every run as a job of the pool (Ray workers), their results recorded as they come in and
+    kept in the compare's order (seed by seed, rule by rule)."""
+    done: dict[int, dict[str, Any]] = {}
+    shared = None
+    for k, (name, seed, config) in enumerate(runs):
+        where = f"[{k + 1}/{len(runs)}] {name} seed {seed}"
+        folder = run_dir(out_dir, name, seed)
+        if run_state(folder, config)[0] == "done":  # kept; no need to start a worker for it
+            done[k] = {
+                "dir": folder.relative_to(out_dir).as_posix(),
+                **_read_json(folder / "results.json"),
+            }
+            log(f"{where}: {done[k]['status']} earlier, kept")
+            continue
+        shared = pool.share(data) if shared is None else shared
+        pool.submit(k, _run, config, folder, shared, memory, force, False, print, where)
+    if pool.busy():
+        log(f"{pool.busy()} run(s) sent to {pool.description}")
+    record["runs"] = [done[i] for i in sorted(done)]
+    while pool.busy():
+        k, results, error = pool.wait()
+        name, seed, _ = runs[k]
+        if error is not None:
+            pool.close()
+            raise TrainingError(f"{name} seed {seed} failed on its Ray worker: {error}")
+        done[k] = {"dir": run_dir(out_dir, name, seed).relative_to(out_dir).as_posix(), **results}
+        log(
+            f"[{len(done)}/{len(runs)}] {name} seed {seed}: {results['status']}, test error "
+            f"{100 * results['test_error']:.2f}%"
+        )
+        record["runs"] = [done[i] for i in sorted(done)]
+        checkpoint.write_json(out_dir / "results.json", record)
 
 
 def _try_rule_on_network(config: TrainConfig, data: Dataset) -> None:

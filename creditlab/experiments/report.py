@@ -382,6 +382,9 @@ def _setting_lines(record: dict[str, Any]) -> list[str]:
         + (f", finished {s['finished']}" if s.get("finished") else "")
         + f"; PyTorch {s['torch']}, Python {s['python']}, {s['platform']}.",
     ]
+    for name, fields in s.get("rule_configs", {}).items():  # e.g. the best settings of a tune
+        shown = ", ".join(f"{k} {v}" for k, v in fields.items())
+        lines.append(f"{name} trains with its own settings: {shown or 'the shared ones'}.")
     done, total = len(record["runs"]), len(s["rules"]) * len(s["seeds"])
     if record.get("status") != "finished":
         lines.insert(0, f"This compare has not finished: {done} of {total} runs are in.")

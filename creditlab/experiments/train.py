@@ -274,12 +274,16 @@ class Trainer:
         return True
 
     # ---- the loop -------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
+    def fit(self, until: int | None = None) -> dict[str, Any]:
+        """Train to the end and write the results. With `until` (a tuning scheduler's
+        milestone) stop after that epoch if the run goes on past it: the checkpoint is written
+        as after every epoch, no results yet, and a later fit() goes on from there."""
         config = self.config
         if self.out_dir:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             checkpoint.write_json(self.out_dir / "config.json", self.config_record())
-        while self.epoch < config.epochs and not self._patience_ran_out():
+        last = config.epochs if until is None else min(until, config.epochs)
+        while self.epoch < last and not self._patience_ran_out():
             try:
                 record = self.train_epoch(self.epoch + 1)
             except TrainingError as err:
@@ -295,6 +299,8 @@ class Trainer:
                 self.best_params = self.net.copy_parameters()
             if self.out_dir:
                 self.save_checkpoint()
+        if self.epoch < config.epochs and not self._patience_ran_out():
+            return {"status": "paused", "epochs": self.epoch, "history": self.history}
         return self._write_results(status="finished")
 
     def _patience_ran_out(self) -> bool:

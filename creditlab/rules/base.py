@@ -36,6 +36,9 @@ class Rule:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     options: ClassVar[dict[str, Option]] = {}
+    # What a tune searches: name -> (low, high, "log" | "linear") or [choices], over the
+    # options and the training settings (see rules/machinery/space.py).
+    search_space: ClassVar[dict[str, Any]] = {}
     own_readout: ClassVar[bool] = False  # True when predict() is not the network's output
     # True for rules whose update is a finished step (hill climbing): the training loop then
     # applies it as is, with plain SGD at rate 1, whatever optimiser was asked for.

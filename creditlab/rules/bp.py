@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from creditlab.engine.backward import error_sweep, weight_updates
 from creditlab.rules.base import Rule
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
 class Backprop(Rule):
     name = "bp"
     summary = "backpropagation: errors return along W^T, the exact gradient"
     any_kind = True
+    search_space: ClassVar[SearchSpace] = optimiser_space()
 
     def updates(self, net, x, y):
         trace = net.forward(x, train=True, labels=y)

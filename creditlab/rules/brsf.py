@@ -25,12 +25,14 @@ from creditlab.rules.machinery.feedback import (
     seed_for,
     state_part,
 )
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
 class BatchRandomSignFeedback(FeedbackRule):
     name = "brsf"
     summary = "sign-concordant feedback: sign(W)^T times magnitudes redrawn every batch"
     options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
+    search_space: ClassVar[SearchSpace] = {**optimiser_space(), "scale": (0.25, 4.0, "log")}
 
     def __init__(self, **opts):
         super().__init__(**opts)

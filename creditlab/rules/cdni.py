@@ -10,4 +10,5 @@ from creditlab.rules.dni import DNI
 class CDNI(DNI):
     name = "cdni"
     summary = "conditioned dni: synthesizers read the activation and the one-hot label"
+    search_space = DNI.search_space  # dni's options, so dni's space
     conditioned = True

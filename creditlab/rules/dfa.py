@@ -43,6 +43,7 @@ from creditlab.rules.machinery.feedback import (
     seed_for,
     state_part,
 )
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
 class DirectFeedbackAlignment(Rule):
@@ -54,6 +55,11 @@ class DirectFeedbackAlignment(Rule):
             0.5, "std of B_j as a multiple of the output group's initial weights' std (> 0)"
         ),
         "distribution": distribution_option(),
+    }
+    search_space: ClassVar[SearchSpace] = {
+        **optimiser_space(),
+        "scale": (0.1, 2.0, "log"),
+        "distribution": ["uniform", "normal"],
     }
 
     def __init__(self, **opts):

@@ -27,6 +27,7 @@ from creditlab.rules.machinery.blocks import (
     SyntheticGradients,
     resolve_boundaries,
 )
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
 class DNI(Rule):
@@ -41,6 +42,11 @@ class DNI(Rule):
         "synth_optimizer": Option(str, "adam", "optimiser of the synthesizers", SYNTH_OPTIMIZERS),
         "synth_lr": Option(float, 3e-3, "learning rate of the synthesizers"),
         "synth_momentum": Option(float, 0.9, "momentum of the sgd synthesizer optimiser"),
+    }
+    search_space: ClassVar[SearchSpace] = {
+        **optimiser_space(),
+        "synth": ["linear", "mlp"],
+        "synth_lr": (1e-4, 3e-2, "log"),
     }
     conditioned = False  # cdni: the synthesizers also read the target
     any_kind = True

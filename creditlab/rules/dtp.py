@@ -53,6 +53,7 @@ from creditlab.rules.machinery.inverses import (
     mapping_names,
 )
 from creditlab.rules.machinery.local import local_updates
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 Tensor = torch.Tensor
 
@@ -85,6 +86,13 @@ class DifferenceTargetPropagation(Rule):
             "activation a of g_k (same: that of the group g_k maps to)",
             ("same", *ACTIVATIONS),
         ),
+    }
+    # The schedule is not searched: fix it with --rule-opt dtp.schedule=...
+    search_space: ClassVar[SearchSpace] = {
+        **optimiser_space(),
+        "beta": (0.01, 1.0, "log"),
+        "sigma": (0.01, 0.5, "log"),
+        "inverse_lr": (1e-4, 1e-2, "log"),
     }
 
     def __init__(self, **opts):

@@ -15,6 +15,8 @@ population times the number of parameters; metrics report it.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from creditlab.errors import UsageError
@@ -26,6 +28,7 @@ from creditlab.rules.machinery.population import (
     split_like,
 )
 from creditlab.rules.machinery.randomness import RuleGenerator
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
 def centred_ranks(losses: torch.Tensor) -> torch.Tensor:
@@ -42,6 +45,11 @@ class EvolutionStrategies(Rule):
         "population": Option(int, 100, "members per step (antithetic pairs, so even)"),
         "sigma": Option(float, 0.02, "standard deviation of the perturbations"),
         "shaping": Option(str, "rank", "fitness shaping", ("rank", "none")),
+    }
+    # A noisy gradient estimate: larger learning rates than the gradient rules.
+    search_space: ClassVar[SearchSpace] = {
+        **optimiser_space(adam_lr=(1e-3, 1e-1), sgd_lr=(1e-2, 1.0)),
+        "sigma": (0.005, 0.1, "log"),
     }
 
     def __init__(self, **opts):

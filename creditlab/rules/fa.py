@@ -34,6 +34,7 @@ from creditlab.rules.machinery.feedback import (
     seed_for,
     state_part,
 )
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
 class FeedbackAlignment(FeedbackRule):
@@ -42,6 +43,11 @@ class FeedbackAlignment(FeedbackRule):
     options: ClassVar[dict[str, Option]] = {
         "scale": scale_option(0.5, "std of B as a multiple of the std of W's initialisation (> 0)"),
         "distribution": distribution_option(),
+    }
+    search_space: ClassVar[SearchSpace] = {
+        **optimiser_space(),
+        "scale": (0.1, 2.0, "log"),
+        "distribution": ["uniform", "normal"],
     }
 
     def __init__(self, **opts):

@@ -37,6 +37,8 @@ hidden groups of (mean G_j on positive rows - on negative rows) / size_j).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from creditlab.engine.network import Network, Trace
@@ -54,6 +56,7 @@ from creditlab.rules.machinery.goodness import (
 )
 from creditlab.rules.machinery.local import local_updates
 from creditlab.rules.machinery.randomness import RuleGenerator
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 Tensor = torch.Tensor
 ROWS_PER_PASS = 4096  # bounds the memory of the all-label pass (n_classes rows per image)
@@ -96,6 +99,12 @@ class ForwardForward(Rule):
         ),
         "normalise_input": Option(bool, True, "RMS-normalise the input (label included)"),
         "peer": Option(float, 0.0, "peer normalisation strength (Hinton: 0.03); 0: off"),
+    }
+    search_space: ClassVar[SearchSpace] = {
+        **optimiser_space(),
+        "threshold": (0.5, 4.0, "log"),
+        "temperature": (0.01, 0.2, "log"),
+        "peer": [0.0, 0.03],
     }
 
     def __init__(self, **opts):

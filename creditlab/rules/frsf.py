@@ -24,12 +24,14 @@ from creditlab.rules.machinery.feedback import (
     seed_for,
     state_part,
 )
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
 class FixedRandomSignFeedback(FeedbackRule):
     name = "frsf"
     summary = "sign-concordant feedback: sign(W)^T times magnitudes drawn once"
     options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
+    search_space: ClassVar[SearchSpace] = {**optimiser_space(), "scale": (0.25, 4.0, "log")}
 
     def __init__(self, **opts):
         super().__init__(**opts)

@@ -22,6 +22,7 @@ overflowed. Counted per proposal at 24% the loss still climbed (1.1 at epoch 10,
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
@@ -29,6 +30,7 @@ from creditlab.errors import UsageError
 from creditlab.rules.base import Option, Rule
 from creditlab.rules.machinery.population import population_losses, stack_members
 from creditlab.rules.machinery.randomness import RuleGenerator
+from creditlab.rules.machinery.space import SearchSpace
 
 
 class HillClimb(Rule):
@@ -40,6 +42,12 @@ class HillClimb(Rule):
         "grow": Option(float, 1.05, "step size factor per improving proposal"),
         "shrink": Option(float, 0.96, "step size factor per proposal that does not improve"),
         "proposals": Option(int, 1, "perturbations scored per step; the best is kept"),
+    }
+    # Its own step is applied as is: no optimiser settings to search.
+    search_space: ClassVar[SearchSpace] = {
+        "step": (1e-3, 0.1, "log"),
+        "grow": (1.01, 1.2, "linear"),
+        "shrink": (0.9, 0.99, "linear"),
     }
 
     def __init__(self, **opts):

@@ -30,6 +30,7 @@ from creditlab.engine.backward import weight_updates
 from creditlab.errors import TrainingError, UsageError
 from creditlab.rules.base import Option, Rule
 from creditlab.rules.machinery.energy import relax, relax_fixed_prediction
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 Tensor = torch.Tensor
 
@@ -49,6 +50,11 @@ class PredictiveCoding(Rule):
         "fixed_prediction": Option(
             bool, False, "hold predictions at their feedforward values while the values relax"
         ),
+    }
+    search_space: ClassVar[SearchSpace] = {
+        **optimiser_space(),
+        "rate": (0.02, 0.5, "log"),
+        "output_scale": (0.01, 1.0, "log"),
     }
 
     def __init__(self, **opts: Any):

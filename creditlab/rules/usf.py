@@ -12,12 +12,14 @@ from typing import ClassVar
 
 from creditlab.rules.base import Option
 from creditlab.rules.machinery.feedback import FeedbackRule, SignConcordant, positive, scale_option
+from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
 class UniformSignFeedback(FeedbackRule):
     name = "usf"
     summary = "uniform sign-concordant feedback: errors return along sign(W)^T, W's norm"
     options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
+    search_space: ClassVar[SearchSpace] = {**optimiser_space(), "scale": (0.25, 4.0, "log")}
 
     def __init__(self, **opts):
         super().__init__(**opts)
