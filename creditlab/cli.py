@@ -197,7 +197,14 @@ def cmd_compare(args) -> int:
     print(f"comparing {', '.join(rules)} on {len(seeds)} seed(s) in {out}")
     try:
         record = compare.compare(
-            config, rules, seeds, rule_opts, out, force=args.force, progress=not args.quiet
+            config,
+            rules,
+            seeds,
+            rule_opts,
+            out,
+            force=args.force,
+            progress=not args.quiet,
+            stack=args.stack,
         )
     except KeyboardInterrupt:
         print(
@@ -318,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--report-only",
         action="store_true",
         help="draw the report again from --out's results.json, training nothing",
+    )
+    p.add_argument(
+        "--no-stack",
+        dest="stack",
+        action="store_false",
+        help="train the seeds of a rule one after another, not as one stack of networks",
     )
     p.set_defaults(func=cmd_compare)
 

@@ -207,14 +207,14 @@ class Stack:
             if net.spec() != spec or (net.dtype, net.device) != (first.dtype, first.device):
                 raise ValueError("stacked networks must share architecture, dtype and device")
         self.nets, self.rules = list(nets), list(rules)
+        plan = stacked_rule(self.rules, self.nets)
+        if isinstance(plan, str):  # refused before any member's parameters are rebound
+            raise StackError(plan)
+        self.plan = plan
         names = list(first.parameters())
         self.params: Params = {n: torch.stack([net.parameters()[n] for net in nets]) for n in names}
         for k, net in enumerate(nets):
             bind_parameters(net, {n: p[k] for n, p in self.params.items()})
-        plan = stacked_rule(self.rules, self.nets)
-        if isinstance(plan, str):
-            raise StackError(plan)
-        self.plan = plan
         # The template runs every member's step under vmap; a network of its own, so no
         # member's tensors are ever swapped out.
         self.template = Network.from_spec(spec, first.dtype, first.device, first.seed)

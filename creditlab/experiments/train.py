@@ -271,26 +271,33 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
         config = self.config
-        if self.out_dir:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_json(self.out_dir / "config.json", self.config_record())
+        self.prepare_folder()
         while self.epoch < config.epochs and not self._patience_ran_out():
             try:
                 record = self.train_epoch(self.epoch + 1)
             except TrainingError as err:
                 self._write_results(status="diverged", message=str(err))
                 raise
-            self.epoch += 1
-            self.history.append(record)
-            if record["val_accuracy"] > self.best["val_accuracy"]:
-                self.best = {
-                    "epoch": self.epoch,
-                    "val_accuracy": record["val_accuracy"],
-                }
-                self.best_params = self.net.copy_parameters()
-            if self.out_dir:
-                self.save_checkpoint()
+            self.finish_epoch(record)
         return self._write_results(status="finished")
+
+    def prepare_folder(self) -> None:
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_json(self.out_dir / "config.json", self.config_record())
+
+    def finish_epoch(self, record: dict[str, Any]) -> None:
+        """Book an epoch's record: history, the best model so far, the checkpoint."""
+        self.epoch += 1
+        self.history.append(record)
+        if record["val_accuracy"] > self.best["val_accuracy"]:
+            self.best = {
+                "epoch": self.epoch,
+                "val_accuracy": record["val_accuracy"],
+            }
+            self.best_params = self.net.copy_parameters()
+        if self.out_dir:
+            self.save_checkpoint()
 
     def _patience_ran_out(self) -> bool:
         patience = self.config.patience
