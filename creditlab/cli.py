@@ -166,7 +166,7 @@ def cmd_train(args) -> int:
             raise UsageError(
                 f"{out} already holds a run; pass --resume to continue it or --force to start over"
             )
-    results = train(config, out, resume=args.resume, progress=not args.quiet)
+    results = train(config, out, resume=args.resume, progress=not args.quiet, compile=args.compile)
     seconds = results["seconds_per_epoch"]
     print(
         f"{config.rule} on {config.dataset}: test accuracy {results['test_accuracy']:.4f} "
@@ -283,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--force", action="store_true", help="start over in a run folder that holds a run"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile each step with torch.compile (a CUDA graph on a GPU); the first steps "
+        "wait for the compiler",
     )
     p.set_defaults(func=cmd_train)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
@@ -101,6 +102,7 @@ class StackedTrainer:
         self.stack = Stack([t.net for t in trainers], [t.rule for t in trainers])
         for t in trainers:
             t.params = t.net.parameters()  # the views into the stack
+        self.shared = SharedOptimizer.for_members(trainers)
         self.progress, self.log = progress, log
         self.active = list(range(len(trainers)))  # members that have not diverged
         self.diverged: dict[int, dict[str, Any]] = {}  # the others' results
@@ -157,7 +159,9 @@ class StackedTrainer:
                 self._check_finite(losses, checked, step + 1, epoch)
                 checked = step + 1
             global_step = (epoch - 1) * steps + step
-            for k in self.active:
+            if self.shared:
+                self.shared.update(self.stack.params, updates, first.schedule(global_step))
+            for k in [] if self.shared else self.active:
                 t = self.trainers[k]
                 lr = t.schedule(global_step)
                 t.opt.update(t.params, {name: u[k] for name, u in updates.items()}, t.opt_state, lr)
@@ -176,7 +180,9 @@ class StackedTrainer:
         first._sync()
         seconds = (time.perf_counter() - start - probe_seconds) / k_all
         bar.close()
-        self.stack.sync()  # each member's rule holds its state for the checkpoint
+        self.stack.sync()  # each member's rule and optimiser hold their state for the checkpoint
+        if self.shared:
+            self.shared.sync()
         records = {}
         for k in self.active:
             t = self.trainers[k]
@@ -207,6 +213,52 @@ class StackedTrainer:
                 self.diverged[k] = t._write_results(status="diverged", message=str(err))
                 self.active.remove(k)
                 self.log(f"{t.config.rule} seed {t.config.seed}: diverged: {err}")
+
+
+class SharedOptimizer:
+    """One optimiser step over the stacked parameters, for members whose optimisers (kind and
+    settings) and learning-rate schedules are the same: the formulas are elementwise, so the
+    step of the stack is every member's step, in a K-th of the calls. The members' states are
+    stacked; each member's opt_state holds views of it (refreshed by sync)."""
+
+    def __init__(self, trainers: Sequence[Trainer]):
+        self.trainers = list(trainers)
+        self.opt = trainers[0].opt
+        states = [t.opt_state for t in trainers]
+        leaves, self.spec = pytree.tree_flatten(states[0])
+        flat = [pytree.tree_flatten(state)[0] for state in states]
+        self.leaves = [
+            torch.stack([f[n] for f in flat]) if isinstance(v, Tensor) else v
+            for n, v in enumerate(leaves)
+        ]
+        self.state = pytree.tree_unflatten(self.leaves, self.spec)
+        self.sync()
+
+    @classmethod
+    def for_members(cls, trainers: Sequence[Trainer]) -> SharedOptimizer | None:
+        first = trainers[0]
+        for t in trainers[1:]:
+            if type(t.opt) is not type(first.opt) or vars(t.opt) != vars(first.opt):
+                return None
+            if t.schedule != first.schedule or _numbers(t.opt_state) != _numbers(first.opt_state):
+                return None
+        return cls(trainers)
+
+    def update(self, params: dict[str, Tensor], updates: dict[str, Tensor], lr: float) -> None:
+        self.opt.update(params, updates, self.state, lr)
+
+    def sync(self) -> None:
+        """Give each member an opt_state of views into the stacked state, with the current
+        plain numbers (the step count)."""
+        leaves = pytree.tree_flatten(self.state)[0]
+        for k, t in enumerate(self.trainers):
+            mine = [v[k] if isinstance(v, Tensor) else v for v in leaves]
+            t.opt_state = pytree.tree_unflatten(mine, self.spec)
+
+
+def _numbers(state: Any) -> list:
+    """The plain numbers of an optimiser state (its step count), tensors left out."""
+    return [v for v in pytree.tree_flatten(state)[0] if not isinstance(v, Tensor)]
 
 
 def _same_data(trainers: Sequence[Trainer]) -> bool:

@@ -29,6 +29,7 @@ from creditlab.engine.losses import loss as lookup_loss
 from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
 from creditlab.experiments import checkpoint
+from creditlab.experiments.captured import CompiledStep, compile_problem
 from creditlab.experiments.diagnostics import probe
 from creditlab.experiments.models import build_model
 from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
@@ -166,6 +167,7 @@ class Trainer:
         progress: bool = True,
         log: Callable[[str], None] = print,
         data: Dataset | None = None,
+        compile: bool = False,
     ):
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -202,6 +204,7 @@ class Trainer:
                 f"{config.dataset} has {self.data.n_classes} classes"
             )
         self.rule.check(self.net)
+        self.rule_step = self._rule_step(compile)
         self.params = self.net.parameters()
         self.opt_state = self.opt.init(self.params)
         self.steps_per_epoch = math.ceil(self.data.train_x.shape[0] / config.batch_size)
@@ -224,6 +227,18 @@ class Trainer:
         self.best: dict[str, Any] = {"epoch": 0, "val_accuracy": -1.0}
         self.best_params = self.net.copy_parameters()
         self.epoch = 0  # epochs finished
+
+    def _rule_step(self, compile: bool) -> Callable:
+        """rule.updates, or with `compile` its compiled form where the rule allows it."""
+        self.compiled = False
+        if not compile:
+            return self.rule.updates
+        problem = compile_problem(self.rule, self.net)
+        if problem:
+            self.log(f"--compile: {self.rule.name} runs eagerly: {problem}")
+            return self.rule.updates
+        self.compiled = True
+        return CompiledStep(self.rule, self.net)
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property
@@ -330,7 +345,7 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             a = step * config.batch_size
             xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
-            updates = self.rule.updates(net, xb, targets_for(net, yb, data.n_classes))
+            updates = self.rule_step(net, xb, targets_for(net, yb, data.n_classes))
             if self.rule.last_loss is not None:
                 losses[step] = self.rule.last_loss
                 recorded += 1
@@ -397,6 +412,7 @@ class Trainer:
         record = self.config.to_dict()
         record.update(
             device_used=str(self.device),
+            compiled=self.compiled,
             rule_options=dict(self.rule.opts),
             optimizer_used="sgd, lr 1 (the rule applies its own step)"
             if self.rule.applies_own_step
@@ -452,9 +468,12 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def train(config: TrainConfig, out_dir=None, resume=False, progress=True, log=print) -> dict:
-    """Build and run one configuration; with resume, continue from out_dir's checkpoint."""
-    trainer = Trainer(config, out_dir, progress, log)
+def train(
+    config: TrainConfig, out_dir=None, resume=False, progress=True, log=print, compile=False
+) -> dict:
+    """Build and run one configuration; with resume, continue from out_dir's checkpoint.
+    With compile, each step's forward pass and updates run compiled (experiments/captured.py)."""
+    trainer = Trainer(config, out_dir, progress, log, compile=compile)
     if resume and not trainer.restore():
         log(f"no checkpoint in {out_dir}; starting a new run")
     return trainer.fit()

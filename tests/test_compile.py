@@ -1,0 +1,62 @@
+"""--compile: the compiled step gives eager's updates (bp and fa, a few steps on the CPU), rules
+that cannot be compiled fall back with one line, and the command line takes the flag."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from creditlab.experiments.captured import CompiledStep
+from creditlab.experiments.train import TrainConfig, Trainer
+
+TINY = TrainConfig(
+    dataset="digits",
+    train_subset=90,
+    batch_size=40,  # 3 steps an epoch, the last one shorter: two compiled shapes
+    epochs=2,
+    model="mlp:12",
+    probe_every=0,
+    dtype="float64",
+    optimizer="sgd",
+    lr=0.1,
+    momentum=0.9,
+)
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa"])
+def test_compiled_steps_equal_eager_steps(rule, digits):
+    config = dataclasses.replace(TINY, rule=rule)
+    eager = Trainer(config, progress=False, data=digits)
+    lines = []
+    compiled = Trainer(config, progress=False, data=digits, compile=True, log=lines.append)
+    assert compiled.compiled and isinstance(compiled.rule_step, CompiledStep) and not lines
+    graphs = counters["stats"]["unique_graphs"]
+    for epoch in (1, 2):
+        a, b = eager.train_epoch(epoch), compiled.train_epoch(epoch)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-10)
+        assert b["val_accuracy"] == a["val_accuracy"]
+    assert counters["stats"]["unique_graphs"] > graphs  # the step really was compiled
+    start = Trainer(config, progress=False, data=digits).net.parameters()
+    for name, p in eager.net.parameters().items():
+        assert not torch.equal(p, start[name])  # training moved it
+        assert torch.allclose(compiled.net.parameters()[name], p, rtol=1e-9, atol=1e-12), name
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"rule": "brsf"}, "brsf runs eagerly: it draws fresh feedback magnitudes"),
+        ({"rule": "dni"}, "dni runs eagerly: its synthesizers' optimiser counts steps"),
+        ({"dropout": 0.2}, "bp runs eagerly: dropout draws from the network's generator"),
+        ({"rule": "pc"}, "pc runs eagerly: rule pc has not been checked"),
+    ],
+)
+def test_rules_that_cannot_compile_say_why_and_run_eagerly(changes, why, digits):
+    lines = []
+    config = dataclasses.replace(TINY, **changes)
+    trainer = Trainer(config, progress=False, data=digits, compile=True, log=lines.append)
+    assert lines == [f"--compile: {why}" + lines[0].split(why, 1)[1]] and why in lines[0]
+    assert not trainer.compiled and trainer.rule_step == trainer.rule.updates
