@@ -37,8 +37,9 @@ def _separate(net, learner, opt, lr, xs, ys):
     return net.copy_parameters(), losses, learner.state_dict()
 
 
-def _stacked(nets, rules, opts, lrs, xs, ys):
-    stack = Stack(nets, rules)
+def _stacked(nets, rules, opts, lrs, xs, ys, compile=False):
+    stack = Stack(nets, rules, compile)
+    assert stack.compiled == compile
     states = [o.init(n.parameters()) for o, n in zip(opts, nets, strict=True)]
     losses = []
     for x, y in zip(xs, ys, strict=True):
@@ -52,12 +53,12 @@ def _stacked(nets, rules, opts, lrs, xs, ys):
     return stack, losses
 
 
-def _check(rule_specs, opt_factory, lrs, steps=4):
+def _check(rule_specs, opt_factory, lrs, steps=4, compile=False):
     seeds = list(range(3, 3 + len(rule_specs)))
     xs, ys = _batches(len(seeds), steps)
     nets, rules = _members(rule_specs, seeds)
     opts = [opt_factory(k) for k in range(len(seeds))]
-    _, losses = _stacked(nets, rules, opts, lrs, xs, ys)
+    _, losses = _stacked(nets, rules, opts, lrs, xs, ys, compile)
     ref_nets, ref_rules = _members(rule_specs, seeds)
     for k in range(len(seeds)):
         params, ref_losses, ref_state = _separate(
@@ -89,6 +90,11 @@ def test_bp_members_with_different_seeds_and_learning_rates_match_separate_runs(
 def test_mixed_feedback_rules_match_separate_runs():
     specs = [("fa", {}), ("usf", {}), ("fa", {"scale": 1.5}), ("frsf", {}), ("brsf", {})]
     _check(specs, lambda k: SGD(momentum=0.5), [0.1, 0.2, 0.05, 0.1, 0.1])
+
+
+def test_a_compiled_stack_matches_separate_runs():
+    specs = [("fa", {}), ("usf", {}), ("frsf", {})]
+    _check(specs, lambda k: SGD(momentum=0.9), [0.1, 0.2, 0.05], steps=3, compile=True)
 
 
 @pytest.mark.parametrize("name", ["dfa", "dni", "cdni"])

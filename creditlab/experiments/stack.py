@@ -75,6 +75,8 @@ class StackedRule:
         self.rules, self.template = list(rules), rules[0]
         self.state: list[Tensor] = []
 
+    compilable = True  # whether the vmapped step may run under torch.compile
+
     def extra(self, nets: Sequence[Network]) -> Any:
         return None
 
@@ -111,7 +113,10 @@ class GivenFeedback(StackedRule):
 
     def run(self, net, x, y, extra, state):
         self.template.B = extra
-        return self.template.updates(net, x, y), state
+        try:
+            return self.template.updates(net, x, y), state
+        finally:
+            self.template.B = {}  # batched values must not outlive vmap
 
 
 class _GivenFeedbackRule(FeedbackRule):
@@ -123,6 +128,7 @@ class _GivenFeedbackRule(FeedbackRule):
 
 
 class CarriedState(StackedRule):
+    compilable = False  # the template rule keeps (batched) state between calls
     """Rules with tensors of their own that the step reads (dfa's fixed B_j) or trains (the
     synthesizers of dni and cdni): the members' states are stacked, loaded into the template
     rule inside vmap, and its state after the step is carried to the next one."""
@@ -199,7 +205,7 @@ class Stack:
     updates every member, and loading a member's parameters writes into the stack.
     """
 
-    def __init__(self, nets: Sequence[Network], rules: Sequence[Rule]):
+    def __init__(self, nets: Sequence[Network], rules: Sequence[Rule], compile: bool = False):
         if not nets or len(nets) != len(rules):
             raise ValueError("a stack needs one rule per network, and at least one network")
         spec, first = nets[0].spec(), nets[0]
@@ -218,6 +224,15 @@ class Stack:
         # The template runs every member's step under vmap; a network of its own, so no
         # member's tensors are ever swapped out.
         self.template = Network.from_spec(spec, first.dtype, first.device, first.seed)
+        # With compile, the vmapped step runs through torch.compile (a CUDA graph on a GPU).
+        self.compiled = compile and plan.compilable
+        self.cuda_graphs = self.compiled and first.device.type == "cuda"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self._step = (
+            torch.compile(self._batched, mode=mode, dynamic=False)
+            if self.compiled
+            else self._batched
+        )
 
     @property
     def size(self) -> int:
@@ -235,15 +250,20 @@ class Stack:
         """Every member's updates on its own batch: x is (K, N, ...), y (K, N, ...). Returns
         the stacked updates, the batch losses (K,) and the rule's metrics, each (K,)."""
         extra, state = self.plan.extra(self.nets), self.plan.state
-        in_dims = (0, 0, 0, None if extra is None else 0, 0)
-        batched = vmap(self._member_step, in_dims=in_dims, randomness="error")
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with warnings.catch_warnings():
             # Ops without a batching rule (Adam's lerp_ in dni's synthesizers) run member by
             # member, as separate runs would; PyTorch's warning about it says nothing new.
             warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
-            updates, loss, metrics, state = batched(self.params, x, y, extra, state)
+            updates, loss, metrics, state = self._step(self.params, x, y, extra, state)
         self.plan.state = state
         return updates, loss, metrics
+
+    def _batched(self, params, x, y, extra, state):
+        in_dims = (0, 0, 0, None if extra is None else 0, 0)
+        batched = vmap(self._member_step, in_dims=in_dims, randomness="error")
+        return batched(params, x, y, extra, state)
 
     def sync(self) -> None:
         self.plan.sync()

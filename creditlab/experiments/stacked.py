@@ -89,6 +89,7 @@ class StackedTrainer:
         trainers: Sequence[Trainer],
         progress: bool = True,
         log: Callable[[str], None] = print,
+        compile: bool = False,
     ):
         problem = stack_problem([t.config for t in trainers])
         if problem:
@@ -99,7 +100,12 @@ class StackedTrainer:
         if len({id(t.data) for t in trainers}) > 1 and not _same_data(trainers):
             raise StackError("the runs train on different data")
         self.trainers = list(trainers)
-        self.stack = Stack([t.net for t in trainers], [t.rule for t in trainers])
+        self.stack = Stack([t.net for t in trainers], [t.rule for t in trainers], compile)
+        if compile and not self.stack.compiled:
+            log(
+                f"--compile: the stack of {trainers[0].config.rule} runs eagerly: its rule keeps "
+                "state between steps"
+            )
         for t in trainers:
             t.params = t.net.parameters()  # the views into the stack
         self.shared = SharedOptimizer.for_members(trainers)
@@ -277,6 +283,7 @@ def train_stacked(
     progress: bool = True,
     log: Callable[[str], None] = print,
     data: Dataset | None = None,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Train these runs as stacks and return each one's results, in order (as train() would).
 
@@ -295,11 +302,14 @@ def train_stacked(
     if resume:
         for t in trainers:
             t.restore()
-    return fit_together(trainers, progress, log)
+    return fit_together(trainers, progress, log, compile)
 
 
 def fit_together(
-    trainers: Sequence[Trainer], progress: bool = True, log: Callable[[str], None] = print
+    trainers: Sequence[Trainer],
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    compile: bool = False,
 ) -> list[dict[str, Any]]:
     """Fit the trainers in stacks that fit in memory, or one by one where they cannot stack."""
     trainers = list(trainers)
@@ -308,7 +318,7 @@ def fit_together(
     for a in range(0, len(trainers), chunk):
         group = trainers[a : a + chunk]
         try:
-            stacked = StackedTrainer(group, progress, log)
+            stacked = StackedTrainer(group, progress, log, compile)
         except StackError as why:
             log(f"not stacked ({why}); training {len(group)} run(s) one by one")
             results += [fit_alone(t, log) for t in group]
