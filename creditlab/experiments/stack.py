@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch.func import vmap
 from torch.utils import _pytree as pytree
 
-from creditlab.engine.network import Network, bias_name, weight_name
+from creditlab.engine.binding import bind_parameters, bound
+from creditlab.engine.network import Network
 from creditlab.rules import Rule
 from creditlab.rules.bp import Backprop
 from creditlab.rules.dfa import DirectFeedbackAlignment
@@ -36,33 +36,6 @@ from creditlab.rules.machinery.feedback import FeedbackRule
 
 Tensor = torch.Tensor
 Params = dict[str, Tensor]
-
-
-def parameter_slots(net: Network) -> dict[str, tuple[dict, Any]]:
-    """Per parameter name, the dict of the network that holds it and its key there."""
-    slots: dict[str, tuple[dict, Any]] = {}
-    for j in net.order[1:]:
-        for i in net.groups[j].ins:
-            slots[weight_name(i, j)] = (net.W, (i, j))
-        slots[bias_name(j)] = (net.b, j)
-    return slots
-
-
-def bind_parameters(net: Network, params: Params) -> Params:
-    """Make the network use these tensors as its parameters (no copy); returns the old ones."""
-    old = {}
-    for name, (holder, key) in parameter_slots(net).items():
-        old[name], holder[key] = holder[key], params[name]
-    return old
-
-
-@contextmanager
-def bound(net: Network, params: Params):
-    old = bind_parameters(net, params)
-    try:
-        yield net
-    finally:
-        bind_parameters(net, old)
 
 
 # ---- how each kind of rule runs inside vmap --------------------------------------------------
