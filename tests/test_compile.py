@@ -60,3 +60,18 @@ def test_rules_that_cannot_compile_say_why_and_run_eagerly(changes, why, digits)
     trainer = Trainer(config, progress=False, data=digits, compile=True, log=lines.append)
     assert lines == [f"--compile: {why}" + lines[0].split(why, 1)[1]] and why in lines[0]
     assert not trainer.compiled and trainer.rule_step == trainer.rule.updates
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("rule", ["bp", "fa"])
+def test_compiled_steps_on_cuda_equal_eager_steps(rule, digits):
+    """On a GPU the step is compiled with mode="reduce-overhead" (a CUDA graph)."""
+    config = dataclasses.replace(TINY, rule=rule, device="cuda", dtype="float32")
+    eager = Trainer(config, progress=False, data=digits)
+    compiled = Trainer(config, progress=False, data=digits, compile=True)
+    assert compiled.compiled and compiled.rule_step.cuda
+    for epoch in (1, 2):
+        a, b = eager.train_epoch(epoch), compiled.train_epoch(epoch)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    for name, p in eager.net.parameters().items():
+        assert torch.allclose(compiled.net.parameters()[name], p, rtol=1e-4, atol=1e-5), name

@@ -137,3 +137,30 @@ def test_members_must_share_the_architecture():
     b = cl.mlp([6, 8, 3], dtype=torch.float64)
     with pytest.raises(ValueError, match="architecture"):
         Stack([a, b], [cl.rule("bp"), cl.rule("bp")])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_a_stack_on_cuda_matches_separate_runs(compile):
+    """Eager: fa, usf and brsf mixed (brsf draws from CUDA generators); compiled: bp, through
+    torch.compile's CUDA graphs."""
+    specs = [("fa", {}), ("usf", {}), ("brsf", {})] if not compile else [("bp", {})] * 3
+    seeds, steps = [3, 4, 5], 3
+    xs, ys = _batches(len(seeds), steps)
+    xs, ys = xs.cuda(), ys.cuda()
+
+    def members():
+        nets = [
+            cl.mlp((6, 7, 5, 3), "tanh", dtype=torch.float64, seed=s, device="cuda") for s in seeds
+        ]
+        return nets, [cl.rule(name, **opts) for name, opts in specs]
+
+    nets, rules = members()
+    _stacked(nets, rules, [SGD(momentum=0.9) for _ in seeds], [0.1] * 3, xs, ys, compile)
+    ref_nets, ref_rules = members()
+    for k in range(len(seeds)):
+        params, _, _ = _separate(
+            ref_nets[k], ref_rules[k], SGD(momentum=0.9), 0.1, xs[:, k], ys[:, k]
+        )
+        for name, p in params.items():
+            assert torch.allclose(nets[k].parameters()[name], p, rtol=1e-8, atol=1e-10), (k, name)
