@@ -9,6 +9,7 @@ afterwards.
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from typing import Any
 
@@ -45,3 +46,13 @@ def bound(net: Network, params: Params):
         yield net
     finally:
         bind_parameters(net, old)
+
+
+@contextmanager
+def batching_fallback_allowed():
+    """Inside vmap, ops without a batching rule (addmm_ into a batched sum, Adam's lerp_) run
+    member by member, as separate runs would; PyTorch warns about it every time, which says
+    nothing new to a user of this library."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
+        yield

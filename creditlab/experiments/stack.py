@@ -18,7 +18,6 @@ runs with randomness="error", so any other draw fails loudly instead of silently
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from torch.func import vmap
 from torch.utils import _pytree as pytree
 
-from creditlab.engine.binding import bind_parameters, bound
+from creditlab.engine.binding import batching_fallback_allowed, bind_parameters, bound
 from creditlab.engine.network import Network
 from creditlab.rules import Rule
 from creditlab.rules.bp import Backprop
@@ -225,10 +224,7 @@ class Stack:
         extra, state = self.plan.extra(self.nets), self.plan.state
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-        with warnings.catch_warnings():
-            # Ops without a batching rule (Adam's lerp_ in dni's synthesizers) run member by
-            # member, as separate runs would; PyTorch's warning about it says nothing new.
-            warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
+        with batching_fallback_allowed():
             updates, loss, metrics, state = self._step(self.params, x, y, extra, state)
         self.plan.state = state
         return updates, loss, metrics

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.func import vmap
 
-from creditlab.engine.binding import bound
+from creditlab.engine.binding import batching_fallback_allowed, bound
 from creditlab.engine.network import Network, bias_name, weight_name
 
 Tensor = torch.Tensor
@@ -35,7 +35,8 @@ def population_losses(net: Network, x: Tensor, y: Tensor, members: dict[str, Ten
         with bound(net, params):
             return net.loss_fn.mean(net.forward(x).z[net.output_name], y)
 
-    return vmap(member_loss, randomness="error")(members)
+    with batching_fallback_allowed():
+        return vmap(member_loss, randomness="error")(members)
 
 
 def member_losses(net: Network, out: Tensor, y: Tensor) -> Tensor:
