@@ -44,7 +44,9 @@ class StackedRule:
     per-member code that vmap batches, returning (updates, new state)."""
 
     def __init__(self, rules: Sequence[Rule], nets: Sequence[Network]):
-        self.rules, self.template = list(rules), rules[0]
+        # The template runs every member's step inside vmap: an instance of its own, so that
+        # no member's rule ever holds the batched values.
+        self.rules, self.template = list(rules), type(rules[0])(**rules[0].opts)
         self.state: list[Tensor] = []
 
     compilable = True  # whether the vmapped step may run under torch.compile
