@@ -25,6 +25,7 @@ import time
 import torch
 
 from creditlab.data import load_dataset
+from creditlab.engine.devices import resolve_device
 from creditlab.experiments.stacked import StackedTrainer
 from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation
 
@@ -101,7 +102,8 @@ def main() -> None:
         probe_every=0,
     )
     configs = [dataclasses.replace(base, seed=s) for s in range(args.k)]
-    data = load_dataset("mnist", progress=False)
+    # On the device once: every member's Trainer then uses it as is, without a copy of its own.
+    data = load_dataset("mnist", progress=False).to(resolve_device(args.device), torch.float32)
     trainers = [Trainer(c, progress=False, data=data) for c in configs]
     model = TorchStack(trainers)
     opt = torch.optim.SGD(model.parameters(), lr=base.lr, momentum=base.momentum)

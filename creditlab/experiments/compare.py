@@ -31,6 +31,7 @@ import torch
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
+from creditlab.engine.network import resolve_dtype
 from creditlab.errors import TrainingError, UsageError
 from creditlab.experiments import checkpoint, report
 from creditlab.experiments.stack import StackError
@@ -296,6 +297,8 @@ def compare(
         _try_rule_on_network(run_config(base, name, opts[name], seeds[0]), data)
 
     device = resolve_device(base.device)
+    # On the device once, for every run (a stack's members share it, rather than a copy each).
+    data = data.to(device, resolve_dtype(base.dtype))
     record: dict[str, Any] = {
         "kind": KIND,
         "status": "running",
