@@ -4,11 +4,13 @@ that cannot be compiled fall back with one line, and the command line takes the 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from creditlab import cli
 from creditlab.experiments.captured import CompiledStep
 from creditlab.experiments.train import TrainConfig, Trainer
 
@@ -75,3 +77,15 @@ def test_compiled_steps_on_cuda_equal_eager_steps(rule, digits):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
     for name, p in eager.net.parameters().items():
         assert torch.allclose(compiled.net.parameters()[name], p, rtol=1e-4, atol=1e-5), name
+
+
+def test_train_command_takes_compile(tmp_path, capsys):
+    out = tmp_path / "r"
+    args = ["train", "--compile", "--rule", "brsf", "--epochs", "1", "--train-subset", "100"]
+    assert cli.main([*args, "--model", "mlp:8", "--out", str(out), "--quiet"]) == 0
+    assert (
+        "--compile: brsf runs eagerly: it draws fresh feedback magnitudes"
+        in capsys.readouterr().out
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["compiled"] is False and config["rule"] == "brsf"
