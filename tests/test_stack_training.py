@@ -88,14 +88,15 @@ def test_runs_that_cannot_stack_train_one_by_one_and_say_why(digits, tmp_path):
 
 
 def test_a_diverging_member_stops_alone(digits, tmp_path):
-    configs = [dataclasses.replace(TINY, seed=s, lr=lr) for s, lr in ((0, 0.1), (1, 1e6))]
+    # The first member diverges: the others must still stop at the configured epoch.
+    configs = [dataclasses.replace(TINY, seed=s, lr=lr) for s, lr in ((1, 1e6), (0, 0.1))]
     lines = []
     results = train_stacked(
         configs, [tmp_path / "a", tmp_path / "b"], progress=False, log=lines.append, data=digits
     )
-    assert [r["status"] for r in results] == ["finished", "diverged"]
-    assert "bp seed 1: diverged" in lines[0] and "epoch 1, step" in results[1]["message"]
-    assert results[0]["epochs"] == 2
+    assert [r["status"] for r in results] == ["diverged", "finished"]
+    assert "bp seed 1: diverged" in lines[0] and "epoch 1, step" in results[0]["message"]
+    assert results[1]["epochs"] == 2 and len(results[1]["history"]) == 2
 
 
 def _compare(tmp_path, name, *extra):

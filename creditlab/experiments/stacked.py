@@ -113,18 +113,14 @@ class StackedTrainer:
         self.active = list(range(len(trainers)))  # members that have not diverged
         self.diverged: dict[int, dict[str, Any]] = {}  # the others' results
 
-    @property
-    def epoch(self) -> int:
-        return self.trainers[0].epoch
-
     def fit(self) -> list[dict[str, Any]]:
         results: dict[int, dict[str, Any]] = {}
         for t in self.trainers:
             t.prepare_folder()
-        epochs = self.trainers[0].config.epochs
-        while self.epoch < epochs and self.active:
-            records = self.train_epoch(self.epoch + 1)
-            for k, record in records.items():
+        epoch, epochs = self.trainers[0].epoch, self.trainers[0].config.epochs
+        while epoch < epochs and self.active:
+            epoch += 1
+            for k, record in self.train_epoch(epoch).items():  # the active members' records
                 self.trainers[k].finish_epoch(record)
         results.update(self.diverged)
         for k in self.active:
