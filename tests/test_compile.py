@@ -28,7 +28,7 @@ TINY = TrainConfig(
 )
 
 
-@pytest.mark.parametrize("rule", ["bp", "fa"])
+@pytest.mark.parametrize("rule", ["bp", "fa", "dfa"])
 def test_compiled_steps_equal_eager_steps(rule, digits):
     config = dataclasses.replace(TINY, rule=rule)
     eager = Trainer(config, progress=False, data=digits)

@@ -49,7 +49,7 @@ class CompiledStep:
 
     def __init__(self, rule: Rule, net: Network):
         self.rule, self.net = rule, net
-        rule.feedback_matrices(net)  # draws lazily made matrices now, not inside the graph
+        _warm_up(rule, net)
         self.cuda = net.device.type == "cuda"
         mode = "reduce-overhead" if self.cuda else None
         self.compiled = torch.compile(self._step, mode=mode, dynamic=False)
@@ -68,3 +68,17 @@ class CompiledStep:
         updates, loss = self.compiled(x, y)
         self.rule.last_loss = loss
         return updates
+
+
+def _warm_up(rule: Rule, net: Network) -> None:
+    """One eager step on a one-example batch, outside the graph: whatever the rule makes
+    lazily on its first step (fa's drawn matrices, dfa's joined ones) is made now, as plain
+    tensors, rather than inside a compiled graph whose outputs a CUDA graph may reuse. The
+    rules compiled keep no other state, so the step changes nothing."""
+    x = torch.zeros(1, net.input_size, dtype=net.dtype, device=net.device)
+    if net.loss_fn.classification:
+        y = torch.zeros(1, dtype=torch.long, device=net.device)
+    else:
+        y = torch.zeros(1, net.output_size, dtype=net.dtype, device=net.device)
+    rule.updates(net, x, y)
+    rule.last_loss = None
