@@ -129,8 +129,15 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="creditlab's compiled step (train --compile)"
     )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="let float32 matrix products use TF32 tensor cores (both sides; GPU only)",
+    )
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # as `creditlab train` does; applies to both sides
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")  # process-wide: both sides alike
 
     config = TrainConfig(
         dataset="mnist",
@@ -150,6 +157,7 @@ def main() -> None:
         f"{torch.__version__}, {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", {torch.get_num_threads()} threads, {args.hidden} relu, batch {config.batch_size}"
+        + (", TF32 matmuls" if args.tf32 else "")
         + (", creditlab compiled" if trainer.compiled else "")
     )
     sides = {

@@ -88,8 +88,15 @@ def main() -> None:
     parser.add_argument("--hidden", default="1000-1000")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="compile creditlab's stacked step")
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="let float32 matrix products use TF32 tensor cores (both sides; GPU only)",
+    )
     args = parser.parse_args()
     torch.set_flush_denormal(True)
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")  # process-wide: both sides alike
 
     base = TrainConfig(
         dataset="mnist",
@@ -113,7 +120,9 @@ def main() -> None:
         f"{torch.__version__}, {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", {torch.get_num_threads()} threads, K={args.k} x 784-{args.hidden}-10 relu, "
-        f"batch {base.batch_size}" + (", creditlab compiled" if stacked.stack.compiled else "")
+        f"batch {base.batch_size}"
+        + (", TF32 matmuls" if args.tf32 else "")
+        + (", creditlab compiled" if stacked.stack.compiled else "")
     )
     ours, theirs = [], []
     for epoch in range(1, args.rounds + 1):
