@@ -1,6 +1,7 @@
 """Gradient-free learning on MNIST 784-100-10: evaluation speed and test error against time.
 
     python benchmarks/es_mnist.py speed                 # batched population vs member loop
+    python benchmarks/es_mnist.py speed --device cuda   # the same on a GPU
     python benchmarks/es_mnist.py curves                # bp, es, hillclimb: error vs wall time
 
 `speed` scores the same population of perturbed networks on the same batch twice: in one
@@ -30,6 +31,7 @@ import torch
 
 import creditlab as cl
 from creditlab.data import load_dataset
+from creditlab.engine.devices import resolve_device
 from creditlab.errors import TrainingError
 from creditlab.experiments.checkpoint import write_json
 from creditlab.experiments.train import TrainConfig, Trainer, evaluate
@@ -53,20 +55,21 @@ RULES = {
 
 
 def speed(args) -> None:
-    data = load_dataset("mnist", progress=False)
-    net = cl.mlp([784, 100, 10], seed=0)
+    device = resolve_device(args.device)
+    data = load_dataset("mnist", progress=False).to(device, torch.float32)
+    net = cl.mlp([784, 100, 10], seed=0, device=device)
     x, y = data.train_x[: args.batch], data.train_y[: args.batch]
     params = net.parameters()
     n = sum(p.numel() for p in params.values())
     pairs = args.population // 2
     g = torch.Generator().manual_seed(0)
-    noise = split_like(torch.randn(pairs, n, generator=g), params)
+    noise = split_like(torch.randn(pairs, n, generator=g).to(device), params)
     members = antithetic_members(params, noise, 0.02)  # theta and the 2K perturbed copies
 
     def antithetic() -> torch.Tensor:  # what the es rule runs
         return antithetic_losses(net, x, y, noise, 0.02)
 
-    def stacked() -> torch.Tensor:  # explicit stacks of perturbed weight copies
+    def stacked() -> torch.Tensor:  # the engine's forward, vmapped over weight copies
         return population_losses(net, x, y, members)
 
     def loop() -> torch.Tensor:  # one ordinary forward pass per member
@@ -85,19 +88,27 @@ def speed(args) -> None:
     rates: dict[str, list[float]] = {"antithetic": [], "stacked": [], "loop": []}
     for _ in range(args.repeats):
         for name, fn in (("antithetic", antithetic), ("stacked", stacked), ("loop", loop)):
+            sync(device)
             start = time.perf_counter()
             fn()
+            sync(device)
             rates[name].append((2 * pairs + 1) / (time.perf_counter() - start))
     median = {k: statistics.median(v) for k, v in rates.items()}
     print(
-        f"784-100-10, population {2 * pairs} (+ theta), batch {args.batch}, "
-        f"{torch.get_num_threads()} threads; member evaluations per second:"
+        f"784-100-10, population {2 * pairs} (+ theta), batch {args.batch}, {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", {torch.get_num_threads()} threads; member evaluations per second:"
     )
     for name in ("antithetic", "stacked"):
         print(
             f"  batched ({name}): {median[name]:.0f}, {median[name] / median['loop']:.1f}x the loop"
         )
     print(f"  member-by-member loop: {median['loop']:.0f}")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def curves(args) -> None:
@@ -201,6 +212,7 @@ def main() -> None:
     p.add_argument("--population", type=int, default=100)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.set_defaults(func=speed)
     p = sub.add_parser("curves")
     p.add_argument(

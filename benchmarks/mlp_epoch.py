@@ -9,6 +9,13 @@ are compared: they follow the same trajectory, up to float rounding.
 
     python benchmarks/mlp_epoch.py                 # CPU, 4 rounds (the first is warm-up)
     python benchmarks/mlp_epoch.py --device cuda   # where a GPU is present
+    python benchmarks/mlp_epoch.py --compile       # creditlab's compiled step (train --compile)
+    python benchmarks/mlp_epoch.py --device cuda --compile   # also PyTorch with a CUDA graph
+
+With --compile, creditlab runs its compiled step (experiments/captured.py: torch.compile, a
+CUDA graph on a GPU); the first round, which pays for compiling, is the warm-up. On a GPU the
+script also times plain PyTorch with the whole step captured in a CUDA graph (PyTorch's
+fastest form of this loop) and prints creditlab's ratio to both.
 """
 
 from __future__ import annotations
@@ -54,6 +61,60 @@ def torch_epoch(model, opt, data, config, epoch, device) -> float:
     return time.perf_counter() - start
 
 
+class TorchCudaGraph:
+    """Plain PyTorch's step captured whole in a CUDA graph (torch.cuda.graphs' recipe): the
+    batch is copied into static tensors and the graph replayed. The epoch's last, shorter batch
+    runs eagerly."""
+
+    def __init__(self, model, opt, batch: int, n_in: int, device):
+        self.model, self.opt, self.loss_fn = model, opt, torch.nn.CrossEntropyLoss()
+        self.x = torch.zeros(batch, n_in, device=device)
+        self.y = torch.zeros(batch, dtype=torch.long, device=device)
+        self.graph = None
+
+    def _step(self):
+        self.opt.zero_grad(set_to_none=True)
+        self.loss_fn(self.model(self.x), self.y).backward()
+        self.opt.step()
+
+    def capture(self, xb, yb):
+        """Capture on the first full batch, after warm-up steps on a side stream (these train,
+        as real steps: the side is timed from its first epoch like the others)."""
+        self.x.copy_(xb)
+        self.y.copy_(yb)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.loss_fn(self.model(self.x), self.y).backward()
+            self.opt.step()
+
+    def epoch(self, data, config, epoch, device) -> float:
+        sync(device)
+        start = time.perf_counter()
+        order = epoch_permutation(config.seed, epoch, data.train_x.shape[0], device)
+        xs, ys = data.train_x[order], data.train_y[order]
+        for a in range(0, xs.shape[0], config.batch_size):
+            xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
+            if xb.shape[0] != self.x.shape[0]:  # the short last batch
+                self.opt.zero_grad()
+                self.loss_fn(self.model(xb), yb).backward()
+                self.opt.step()
+            elif self.graph is None:
+                self.capture(xb, yb)
+            else:
+                self.x.copy_(xb)
+                self.y.copy_(yb)
+                self.graph.replay()
+        sync(device)
+        return time.perf_counter() - start
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -65,8 +126,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="epochs per side, first is warm-up")
     parser.add_argument("--hidden", default="1000-1000")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--compile", action="store_true", help="creditlab's compiled step (train --compile)"
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="let float32 matrix products use TF32 tensor cores (both sides; GPU only)",
+    )
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # as `creditlab train` does; applies to both sides
+    if args.tf32:
+        torch.set_float32_matmul_precision("high")  # process-wide: both sides alike
 
     config = TrainConfig(
         dataset="mnist",
@@ -78,34 +149,48 @@ def main() -> None:
         device=args.device,
     )
     data = load_dataset("mnist", progress=False)
-    trainer = Trainer(config, progress=False, data=data)
+    trainer = Trainer(config, progress=False, data=data, compile=args.compile)
     model = torch_model(trainer)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    device = trainer.device
     print(
-        f"{torch.__version__}, {trainer.device}, {torch.get_num_threads()} threads, "
-        f"{args.hidden} relu, batch {config.batch_size}"
+        f"{torch.__version__}, {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", {torch.get_num_threads()} threads, {args.hidden} relu, batch {config.batch_size}"
+        + (", TF32 matmuls" if args.tf32 else "")
+        + (", creditlab compiled" if trainer.compiled else "")
     )
-
-    ours, theirs = [], []
+    sides = {
+        "creditlab": lambda epoch: trainer.train_epoch(epoch)["seconds"],
+        "pytorch": lambda epoch: torch_epoch(model, opt, trainer.data, config, epoch, device),
+    }
+    if args.compile and device.type == "cuda":
+        graph_model = torch_model(Trainer(config, progress=False, data=data))
+        graph_opt = torch.optim.SGD(
+            graph_model.parameters(), lr=config.lr, momentum=config.momentum
+        )
+        captured = TorchCudaGraph(graph_model, graph_opt, config.batch_size, 784, device)
+        sides["pytorch cuda graph"] = lambda epoch: captured.epoch(
+            trainer.data, config, epoch, device
+        )
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for epoch in range(1, args.rounds + 1):
-        # alternate who goes first, so neither side always runs on a warmer machine
-        if epoch % 2:
-            ours.append(trainer.train_epoch(epoch)["seconds"])
-            theirs.append(torch_epoch(model, opt, trainer.data, config, epoch, trainer.device))
-        else:
-            theirs.append(torch_epoch(model, opt, trainer.data, config, epoch, trainer.device))
-            ours.append(trainer.train_epoch(epoch)["seconds"])
+        # rotate who goes first, so no side always runs on a warmer machine
+        names = list(sides)
+        names = names[epoch % len(names) :] + names[: epoch % len(names)]
+        for name in names:
+            times[name].append(sides[name](epoch))
         print(
-            f"epoch {epoch}: creditlab {ours[-1]:.3f} s, pytorch {theirs[-1]:.3f} s, "
-            f"ratio {ours[-1] / theirs[-1]:.3f}" + ("  (warm-up)" if epoch == 1 else "")
+            f"epoch {epoch}: "
+            + ", ".join(f"{name} {times[name][-1]:.3f} s" for name in sides)
+            + ("  (warm-up)" if epoch == 1 else "")
         )
 
     timed = slice(1, None) if args.rounds > 1 else slice(None)
-    mine, ref = statistics.median(ours[timed]), statistics.median(theirs[timed])
-    print(
-        f"median seconds per epoch: creditlab {mine:.3f}, pytorch {ref:.3f}, "
-        f"creditlab / pytorch = {mine / ref:.3f}"
-    )
+    median = {name: statistics.median(t[timed]) for name, t in times.items()}
+    print("median seconds per epoch: " + ", ".join(f"{k} {v:.4f}" for k, v in median.items()))
+    for name in list(sides)[1:]:
+        print(f"creditlab / {name} = {median['creditlab'] / median[name]:.3f}")
     drift = max(
         (trainer.net.W[(layer_in, layer_out)].t() - linear.weight).abs().max().item()
         for (layer_in, layer_out), linear in zip(

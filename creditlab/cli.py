@@ -171,7 +171,7 @@ def cmd_train(args) -> int:
             raise UsageError(
                 f"{out} already holds a run; pass --resume to continue it or --force to start over"
             )
-    results = train(config, out, resume=args.resume, progress=not args.quiet)
+    results = train(config, out, resume=args.resume, progress=not args.quiet, compile=args.compile)
     seconds = results["seconds_per_epoch"]
     print(
         f"{config.rule} on {config.dataset}: test accuracy {results['test_accuracy']:.4f} "
@@ -211,6 +211,7 @@ def cmd_compare(args) -> int:
             force=args.force,
             progress=not args.quiet,
             pool=pool,
+            stack=args.stack,
         )
     except KeyboardInterrupt:
         print(
@@ -388,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--force", action="store_true", help="start over in a run folder that holds a run"
     )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile each step with torch.compile (a CUDA graph on a GPU); the first steps "
+        "wait for the compiler",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -431,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw the report again from --out's results.json, training nothing",
     )
     add_pool_options(p, tune=False)
+    p.add_argument(
+        "--no-stack",
+        dest="stack",
+        action="store_false",
+        help="train the seeds of a rule one after another, not as one stack of networks",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(

@@ -247,7 +247,8 @@ def run_outcome(out: Path) -> dict:
 def test_interrupted_compare_resumes_without_redoing_finished_runs(
     tmp_path, monkeypatch, scaled_bp, capsys
 ):
-    args = ["compare", *TINY, "--rules", "bp,scaled_bp", "--seeds", "2"]
+    # One run at a time (a stacked compare's resume: tests/test_stack_training.py).
+    args = ["compare", *TINY, "--rules", "bp,scaled_bp", "--seeds", "2", "--no-stack"]
     calls = counting_epochs(monkeypatch, interrupt_at=4)  # in scaled_bp seed 0's second epoch
     out = tmp_path / "interrupted"
     assert cli.main([*args, "--out", str(out)]) == 130

@@ -31,8 +31,11 @@ import torch
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
+from creditlab.engine.network import resolve_dtype
 from creditlab.errors import TrainingError, UsageError
 from creditlab.experiments import checkpoint, report
+from creditlab.experiments.stack import StackError
+from creditlab.experiments.stacked import StackedTrainer, members_that_fit
 from creditlab.experiments.train import TrainConfig, Trainer, differing_fields, targets_for
 from creditlab.rules import rule, rule_class
 
@@ -251,6 +254,7 @@ def compare(
     command: str | None = None,
     configs: dict[str, TrainConfig] | None = None,
     pool: Any = None,
+    stack: bool = True,
 ) -> dict[str, Any]:
     """Train every rule on every seed into out_dir, then write results.json and the report.
 
@@ -258,6 +262,8 @@ def compare(
     configs gives a rule its own base configuration in place of `base` (a tune's best
     settings). pool (creditlab.experiments.ray_backend) runs the runs on Ray workers; without
     one they train here, one after another.
+    With `stack`, the seeds of a rule train together as one stack of networks
+    (creditlab.experiments.stacked); each run keeps its own folder, checkpoints and results.
     Returns the aggregated record written to out_dir/results.json.
     """
     configs = configs or {}
@@ -299,6 +305,8 @@ def compare(
         _try_rule_on_network(run_config(configs.get(name, base), name, opts[name], seeds[0]), data)
 
     device = resolve_device(base.device)
+    # On the device once, for every run (a stack's members share it, rather than a copy each).
+    data = data.to(device, resolve_dtype(base.dtype))
     record: dict[str, Any] = {
         "kind": KIND,
         "status": "running",
@@ -335,12 +343,13 @@ def compare(
     if pool is not None:
         _run_on_pool(pool, runs, out_dir, data, memory, force, log, record)
     else:
-        for k, (name, seed, config) in enumerate(runs, 1):
-            where = f"[{k}/{len(runs)}] {name} seed {seed}"
-            folder = run_dir(out_dir, name, seed)
-            results = _run(config, folder, data, memory, force, progress, log, where)
-            record["runs"].append({"dir": folder.relative_to(out_dir).as_posix(), **results})
-            checkpoint.write_json(out_dir / "results.json", record)
+        done: dict[int, dict[str, Any]] = {}
+        for group in _groups(runs, stack):
+            for k, results in _run_group(group, runs, out_dir, data, memory, force, progress, log):
+                folder = run_dir(out_dir, runs[k][0], runs[k][1])
+                done[k] = {"dir": folder.relative_to(out_dir).as_posix(), **results}
+                record["runs"] = [done[i] for i in sorted(done)]  # in the compare's order
+                checkpoint.write_json(out_dir / "results.json", record)
     record["status"] = "finished"
     record["settings"]["finished"] = _now()
     checkpoint.write_json(out_dir / "results.json", record)
@@ -370,11 +379,7 @@ def _run(
         shutil.rmtree(folder)
     trainer = Trainer(config, folder, progress=progress, log=log, data=data)
     if trainer.restore():
-        if trainer.epoch > config.epochs:
-            raise UsageError(
-                f"{folder} has trained {trainer.epoch} epochs, more than the {config.epochs} "
-                "asked for; pass --force to start it over, or choose another --out"
-            )
+        _check_not_beyond(trainer, folder)
         log(f"{where}: resuming from epoch {trainer.epoch}")
     else:
         log(where)
@@ -431,6 +436,81 @@ def _run_on_pool(
         )
         record["runs"] = [done[i] for i in sorted(done)]
         checkpoint.write_json(out_dir / "results.json", record)
+
+
+def _groups(runs: list, stack: bool) -> list[list[int]]:
+    """Indices of the runs to train together: the seeds of each rule when stacking, else one
+    run at a time in the compare's order."""
+    if not stack:
+        return [[k] for k in range(len(runs))]
+    by_rule: dict[str, list[int]] = {}
+    for k, (name, _, _) in enumerate(runs):
+        by_rule.setdefault(name, []).append(k)
+    return list(by_rule.values())
+
+
+def _run_group(group, runs, out_dir, data, memory, force, progress, log):
+    """Yield (index, results) for the runs of a group: stacked where they can be, else one by
+    one, as without stacking."""
+    where = [f"[{k + 1}/{len(runs)}] {name} seed {seed}" for k, (name, seed, _) in enumerate(runs)]
+    pending = [
+        k for k in group if run_state(run_dir(out_dir, *runs[k][:2]), runs[k][2])[0] != "done"
+    ]
+    stacked = {}
+    if len(pending) > 1:
+        stacked = _run_stacked(pending, runs, out_dir, data, memory, force, progress, log, where)
+    for k in group:
+        if k in stacked:
+            yield k, stacked[k]
+        else:
+            name, seed, config = runs[k]
+            folder = run_dir(out_dir, name, seed)
+            yield k, _run(config, folder, data, memory, force, progress, log, where[k])
+
+
+def _run_stacked(pending, runs, out_dir, data, memory, force, progress, log, where):
+    """Train the pending runs as one stack; their results by index, or {} (after one line
+    saying why) when they cannot stack."""
+    trainers = []
+    for k in pending:
+        name, seed, config = runs[k]
+        folder = run_dir(out_dir, name, seed)
+        if run_state(folder, config)[0] == "differs":  # only reached with force
+            log(f"{where[k]}: starting over (--force; the folder held another configuration)")
+            shutil.rmtree(folder)
+        trainer = Trainer(config, folder, progress=progress, log=log, data=data)
+        if trainer.restore():
+            _check_not_beyond(trainer, folder)
+            log(f"{where[k]}: resuming from epoch {trainer.epoch}")
+        trainers.append(trainer)
+    what = f"{runs[pending[0]][0]} seeds {', '.join(str(runs[k][1]) for k in pending)}"
+    fits = members_that_fit(trainers[0])
+    try:
+        if fits < len(trainers):
+            raise StackError(f"only {fits} of the {len(trainers)} networks fit in free memory")
+        stack = StackedTrainer(trainers, progress, log)
+    except StackError as why:
+        log(f"{what}: not stacked ({why}); one run at a time")
+        return {}
+    log(f"{what}: {len(trainers)} runs stacked")
+    memory.start()
+    fitted = stack.fit()
+    peak = {**memory.stop(), "note": f"shared by {len(trainers)} stacked runs"}
+    results = {}
+    for k, trainer, result in zip(pending, trainers, fitted, strict=True):
+        result["peak_memory"] = peak
+        checkpoint.write_json(trainer.out_dir / "results.json", result)
+        results[k] = result
+    return results
+
+
+def _check_not_beyond(trainer: Trainer, folder: Path) -> None:
+    if trainer.epoch > trainer.config.epochs:
+        raise UsageError(
+            f"{folder} has trained {trainer.epoch} epochs, more than the "
+            f"{trainer.config.epochs} asked for; pass --force to start it over, or choose "
+            "another --out"
+        )
 
 
 def _try_rule_on_network(config: TrainConfig, data: Dataset) -> None:

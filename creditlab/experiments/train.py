@@ -31,6 +31,7 @@ from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
 from creditlab.experiments import checkpoint
 from creditlab.experiments.capsules import write_reconstructions
+from creditlab.experiments.captured import CompiledStep, compile_problem
 from creditlab.experiments.diagnostics import probe
 from creditlab.experiments.models import build_model
 from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
@@ -170,6 +171,7 @@ class Trainer:
         progress: bool = True,
         log: Callable[[str], None] = print,
         data: Dataset | None = None,
+        compile: bool = False,
     ):
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -207,6 +209,7 @@ class Trainer:
                 f"{config.dataset} has {self.data.n_classes} classes"
             )
         self.rule.check(self.net)
+        self.rule_step = self._rule_step(compile)
         self.params = self.net.parameters()
         self.opt_state = self.opt.init(self.params)
         self.steps_per_epoch = math.ceil(self.data.train_x.shape[0] / config.batch_size)
@@ -229,6 +232,18 @@ class Trainer:
         self.best: dict[str, Any] = {"epoch": 0, "val_accuracy": -1.0}
         self.best_params = self.net.copy_parameters()
         self.epoch = 0  # epochs finished
+
+    def _rule_step(self, compile: bool) -> Callable:
+        """rule.updates, or with `compile` its compiled form where the rule allows it."""
+        self.compiled = False
+        if not compile:
+            return self.rule.updates
+        problem = compile_problem(self.rule, self.net)
+        if problem:
+            self.log(f"--compile: {self.rule.name} runs eagerly: {problem}")
+            return self.rule.updates
+        self.compiled = True
+        return CompiledStep(self.rule, self.net)
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property
@@ -279,9 +294,7 @@ class Trainer:
         milestone) stop after that epoch if the run goes on past it: the checkpoint is written
         as after every epoch, no results yet, and a later fit() goes on from there."""
         config = self.config
-        if self.out_dir:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_json(self.out_dir / "config.json", self.config_record())
+        self.prepare_folder()
         last = config.epochs if until is None else min(until, config.epochs)
         while self.epoch < last and not self._patience_ran_out():
             try:
@@ -289,19 +302,28 @@ class Trainer:
             except TrainingError as err:
                 self._write_results(status="diverged", message=str(err))
                 raise
-            self.epoch += 1
-            self.history.append(record)
-            if record["val_accuracy"] > self.best["val_accuracy"]:
-                self.best = {
-                    "epoch": self.epoch,
-                    "val_accuracy": record["val_accuracy"],
-                }
-                self.best_params = self.net.copy_parameters()
-            if self.out_dir:
-                self.save_checkpoint()
+            self.finish_epoch(record)
         if self.epoch < config.epochs and not self._patience_ran_out():
             return {"status": "paused", "epochs": self.epoch, "history": self.history}
         return self._write_results(status="finished")
+
+    def prepare_folder(self) -> None:
+        if self.out_dir:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_json(self.out_dir / "config.json", self.config_record())
+
+    def finish_epoch(self, record: dict[str, Any]) -> None:
+        """Book an epoch's record: history, the best model so far, the checkpoint."""
+        self.epoch += 1
+        self.history.append(record)
+        if record["val_accuracy"] > self.best["val_accuracy"]:
+            self.best = {
+                "epoch": self.epoch,
+                "val_accuracy": record["val_accuracy"],
+            }
+            self.best_params = self.net.copy_parameters()
+        if self.out_dir:
+            self.save_checkpoint()
 
     def _patience_ran_out(self) -> bool:
         patience = self.config.patience
@@ -341,7 +363,7 @@ class Trainer:
             xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
             if max_shift:
                 xb = shift(xb, image, max_shift, shifts)
-            updates = self.rule.updates(net, xb, targets_for(net, yb, data.n_classes))
+            updates = self.rule_step(net, xb, targets_for(net, yb, data.n_classes))
             if self.rule.last_loss is not None:
                 losses[step] = self.rule.last_loss
                 recorded += 1
@@ -408,6 +430,7 @@ class Trainer:
         record = self.config.to_dict()
         record.update(
             device_used=str(self.device),
+            compiled=self.compiled,
             rule_options=dict(self.rule.opts),
             optimizer_used="sgd, lr 1 (the rule applies its own step)"
             if self.rule.applies_own_step
@@ -468,9 +491,12 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def train(config: TrainConfig, out_dir=None, resume=False, progress=True, log=print) -> dict:
-    """Build and run one configuration; with resume, continue from out_dir's checkpoint."""
-    trainer = Trainer(config, out_dir, progress, log)
+def train(
+    config: TrainConfig, out_dir=None, resume=False, progress=True, log=print, compile=False
+) -> dict:
+    """Build and run one configuration; with resume, continue from out_dir's checkpoint.
+    With compile, each step's forward pass and updates run compiled (experiments/captured.py)."""
+    trainer = Trainer(config, out_dir, progress, log, compile=compile)
     if resume and not trainer.restore():
         log(f"no checkpoint in {out_dir}; starting a new run")
     return trainer.fit()

@@ -4,13 +4,19 @@ Gradient-free rules (evolution strategies, hill climbing) score many perturbed c
 parameters on the same batch. Rather than loop over copies, every parameter gets a leading
 population axis: W_ij becomes a stack (P, size_i, size_j), each group's s_j a stack
 (P, N, size_j), and one batched matrix product per connection evaluates the whole population.
+The population is a stack of networks in the sense of stacked training
+(creditlab/experiments/stack.py), on the same machinery: the engine's forward pass under
+torch.func.vmap. es keeps its antithetic pass, which shares the work of the members of a pair
+and measured faster (benchmarks/es_mnist.py speed).
 Memory grows as P times the number of parameters (the stacks) plus P times the activations.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.func import vmap
 
+from creditlab.engine.binding import batching_fallback_allowed, bound
 from creditlab.engine.network import Network, bias_name, weight_name
 
 Tensor = torch.Tensor
@@ -19,18 +25,18 @@ Tensor = torch.Tensor
 def population_losses(net: Network, x: Tensor, y: Tensor, members: dict[str, Tensor]) -> Tensor:
     """The mean batch loss of every member; members[name] has shape (P, *param.shape).
 
-    Evaluation mode: no dropout. x (N, d) is shared by every member.
+    Evaluation mode: no dropout. x (N, d) is shared by every member. The population is a stack:
+    each member runs the network's own forward pass, batched over the leading axis by
+    torch.func.vmap (every connection's product becomes one batched product), so whatever
+    the engine's forward can run, a population can.
     """
-    z: dict[str, Tensor] = {net.input_name: x}
-    for j in net.order[1:]:
-        group = net.groups[j]
-        s = members[bias_name(j)].unsqueeze(1)  # (P, 1, size_j), broadcast over the batch
-        for i in group.ins:
-            # (N, size_i) @ (P, size_i, size_j) broadcasts the shared input over the
-            # population; (P, N, size_i) @ (P, size_i, size_j) is a batched product.
-            s = s + torch.matmul(z[i], members[weight_name(i, j)])
-        z[j] = group.act.f(s)
-    return member_losses(net, z[net.output_name], y)
+
+    def member_loss(params: dict[str, Tensor]) -> Tensor:
+        with bound(net, params):
+            return net.loss_fn.mean(net.forward(x).z[net.output_name], y)
+
+    with batching_fallback_allowed():
+        return vmap(member_loss, randomness="error")(members)
 
 
 def member_losses(net: Network, out: Tensor, y: Tensor) -> Tensor:

@@ -1,0 +1,244 @@
+"""Stacked networks: K networks of one architecture stepped as one batched computation.
+
+Every parameter gets a leading member dimension: W_ij becomes a (K, size_i, size_j) tensor and
+each member's own Network keeps working on its slice (a view), so evaluation, checkpoints and
+probes read and write the stack without knowing about it. A step runs the rule's ordinary
+per-network code once, under torch.func.vmap, with the template network's parameters bound to
+the batched tensors: every matrix product becomes a batched one and nothing in the engine or the
+rules is written twice. Members may differ in seed (initial weights, data order, random
+feedback), learning rate, weight decay and the rest of the optimiser (each member keeps its own
+optimiser, applied to its slice), and for the feedback-alignment family in rule and options.
+
+What a stacked step cannot reproduce is a random draw from a member's own generator inside the
+step: vmap has one random stream, not K. So the per-step feedback of fa, usf, brsf and frsf is
+formed per member outside vmap (brsf draws its magnitudes from each member's generator there,
+exactly as a separate run would) and passed in; networks with dropout are not stacked, and vmap
+runs with randomness="error", so any other draw fails loudly instead of silently differing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.func import vmap
+from torch.utils import _pytree as pytree
+
+from creditlab.engine.binding import batching_fallback_allowed, bind_parameters, bound
+from creditlab.engine.network import Network
+from creditlab.rules import Rule
+from creditlab.rules.bp import Backprop
+from creditlab.rules.dfa import DirectFeedbackAlignment
+from creditlab.rules.dni import DNI
+from creditlab.rules.machinery.feedback import FeedbackRule
+
+Tensor = torch.Tensor
+Params = dict[str, Tensor]
+
+
+# ---- how each kind of rule runs inside vmap --------------------------------------------------
+class StackedRule:
+    """A rule's step for all members at once. `extra(nets)` is formed per member outside vmap
+    (stacked on dim 0, or None); `state` is carried through the step (dim 0); `run` is the
+    per-member code that vmap batches, returning (updates, new state)."""
+
+    def __init__(self, rules: Sequence[Rule], nets: Sequence[Network]):
+        # The template runs every member's step inside vmap: an instance of its own, so that
+        # no member's rule ever holds the batched values.
+        self.rules, self.template = list(rules), type(rules[0])(**rules[0].opts)
+        self.state: list[Tensor] = []
+
+    compilable = True  # whether the vmapped step may run under torch.compile
+
+    def extra(self, nets: Sequence[Network]) -> Any:
+        return None
+
+    def run(self, net: Network, x: Tensor, y: Tensor, extra: Any, state: Any):
+        return self.template.updates(net, x, y), state
+
+    def sync(self) -> None:
+        """Hand the carried state back to each member's own rule (before a checkpoint or a
+        probe), so each member's rule object is what a separate run's would be."""
+
+
+class Stateless(StackedRule):
+    """Rules whose step is a function of the parameters and the batch alone (bp)."""
+
+
+class GivenFeedback(StackedRule):
+    """fa, usf, brsf, frsf: backprop's sweep with B_jk in W_jk^T's place. Each member's rule
+    forms its B for the step (drawing from its own generator where it draws), and the sweep of
+    FeedbackRule runs batched over the stacked B. Rules and options may differ per member."""
+
+    def __init__(self, rules, nets):
+        super().__init__(rules, nets)
+        self.template = _GivenFeedbackRule()
+        self._cache: tuple[tuple, dict[str, Tensor]] | None = None
+
+    def extra(self, nets):
+        per_member = [r.step_feedback(n) for r, n in zip(self.rules, nets, strict=True)]
+        # fa's matrices never change: stack them again only when a member's tensors did.
+        key = tuple((id(t), t._version) for B in per_member for t in B.values())
+        if self._cache is None or self._cache[0] != key:
+            stacked = {k: torch.stack([B[k] for B in per_member]) for k in per_member[0]}
+            self._cache = (key, stacked)
+        return self._cache[1]
+
+    def run(self, net, x, y, extra, state):
+        self.template.B = extra
+        try:
+            return self.template.updates(net, x, y), state
+        finally:
+            self.template.B = {}  # batched values must not outlive vmap
+
+
+class _GivenFeedbackRule(FeedbackRule):
+    name = ""  # never registered: the stack's stand-in for every member's feedback rule
+    B: dict[str, Tensor] = {}
+
+    def step_feedback(self, net):
+        return self.B
+
+
+class CarriedState(StackedRule):
+    compilable = False  # the template rule keeps (batched) state between calls
+    """Rules with tensors of their own that the step reads (dfa's fixed B_j) or trains (the
+    synthesizers of dni and cdni): the members' states are stacked, loaded into the template
+    rule inside vmap, and its state after the step is carried to the next one."""
+
+    def __init__(self, rules, nets, prime: Callable[[Rule, Network], None]):
+        super().__init__(rules, nets)
+        for r, n in zip(rules, nets, strict=True):
+            prime(r, n)  # draw or set up what the rule creates lazily on its first step
+        states = [r.state_dict() for r in rules]
+        self._split(states[0])
+        flat = [pytree.tree_flatten(s)[0] for s in states]
+        self.state = [torch.stack([f[n] for f in flat]) for n in self.tensor_at]
+
+    def _split(self, state: Any) -> list[Tensor]:
+        """Remember the state's structure and plain numbers; return its tensors. Plain numbers
+        (an optimiser's step count) are the same for every member and stay outside vmap,
+        which batches tensors only."""
+        leaves, self.spec = pytree.tree_flatten(state)
+        self.tensor_at = [n for n, v in enumerate(leaves) if isinstance(v, Tensor)]
+        self.leaves = leaves
+        return [leaves[n] for n in self.tensor_at]
+
+    def _join(self, tensors: Sequence[Tensor]) -> Any:
+        leaves = list(self.leaves)
+        for n, t in zip(self.tensor_at, tensors, strict=True):
+            leaves[n] = t
+        return pytree.tree_unflatten(leaves, self.spec)
+
+    def run(self, net, x, y, extra, state):
+        self.template.load_state_dict(self._join(state))
+        updates = self.template.updates(net, x, y)
+        return updates, self._split(self.template.state_dict())
+
+    def sync(self):
+        for k, r in enumerate(self.rules):
+            r.load_state_dict(self._join([t[k] for t in self.state]))
+
+
+def _prime_dfa(rule: DirectFeedbackAlignment, net: Network) -> None:
+    rule.B.get(net)
+
+
+def _prime_dni(rule: DNI, net: Network) -> None:
+    if rule.sg.boundaries is None:
+        rule.sg.setup(net)
+
+
+def stacked_rule(rules: Sequence[Rule], nets: Sequence[Network]) -> StackedRule | str:
+    """The stacked form of these members' rules, or the reason there is none (one line)."""
+    names = sorted({r.name for r in rules})
+    if any(g.dropout > 0 for g in nets[0].groups.values()):
+        return "dropout draws from each network's own generator inside the step"
+    if all(isinstance(r, FeedbackRule) for r in rules):
+        return GivenFeedback(rules, nets)
+    if len(names) > 1:
+        return f"rules {', '.join(names)} do not share one arithmetic shape"
+    if any(r.opts != rules[0].opts for r in rules):
+        return f"the members' {names[0]} options differ"
+    kind = type(rules[0])
+    if kind is Backprop:
+        return Stateless(rules, nets)
+    if kind is DirectFeedbackAlignment:
+        return CarriedState(rules, nets, _prime_dfa)
+    if issubclass(kind, DNI) and rules[0].oracle is None:
+        return CarriedState(rules, nets, _prime_dni)
+    return f"rule {names[0]} has no stacked form (it draws randomness or steps differently)"
+
+
+# ---- the stack --------------------------------------------------------------------------------
+class Stack:
+    """K member networks (same architecture, dtype and device) whose parameters live stacked.
+
+    After construction each member's parameters are views of `params`: updating the stack
+    updates every member, and loading a member's parameters writes into the stack.
+    """
+
+    def __init__(self, nets: Sequence[Network], rules: Sequence[Rule], compile: bool = False):
+        if not nets or len(nets) != len(rules):
+            raise ValueError("a stack needs one rule per network, and at least one network")
+        spec, first = nets[0].spec(), nets[0]
+        for net in nets[1:]:
+            if net.spec() != spec or (net.dtype, net.device) != (first.dtype, first.device):
+                raise ValueError("stacked networks must share architecture, dtype and device")
+        self.nets, self.rules = list(nets), list(rules)
+        plan = stacked_rule(self.rules, self.nets)
+        if isinstance(plan, str):  # refused before any member's parameters are rebound
+            raise StackError(plan)
+        self.plan = plan
+        names = list(first.parameters())
+        self.params: Params = {n: torch.stack([net.parameters()[n] for net in nets]) for n in names}
+        for k, net in enumerate(nets):
+            bind_parameters(net, {n: p[k] for n, p in self.params.items()})
+        # The template runs every member's step under vmap; a network of its own, so no
+        # member's tensors are ever swapped out.
+        self.template = Network.from_spec(spec, first.dtype, first.device, first.seed)
+        # With compile, the vmapped step runs through torch.compile (a CUDA graph on a GPU).
+        self.compiled = compile and plan.compilable
+        self.cuda_graphs = self.compiled and first.device.type == "cuda"
+        mode = "reduce-overhead" if self.cuda_graphs else None
+        self._step = (
+            torch.compile(self._batched, mode=mode, dynamic=False)
+            if self.compiled
+            else self._batched
+        )
+
+    @property
+    def size(self) -> int:
+        return len(self.nets)
+
+    def _member_step(self, params, x, y, extra, state):
+        with bound(self.template, params):
+            updates, state = self.plan.run(self.template, x, y, extra, state)
+        rule = self.plan.template
+        loss, metrics = rule.last_loss, dict(rule.metrics)
+        rule.last_loss, rule.metrics = None, {}  # batched values must not outlive vmap
+        return updates, loss, metrics, state
+
+    def updates(self, x: Tensor, y: Tensor) -> tuple[Params, Tensor | None, dict[str, Tensor]]:
+        """Every member's updates on its own batch: x is (K, N, ...), y (K, N, ...). Returns
+        the stacked updates, the batch losses (K,) and the rule's metrics, each (K,)."""
+        extra, state = self.plan.extra(self.nets), self.plan.state
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with batching_fallback_allowed():
+            updates, loss, metrics, state = self._step(self.params, x, y, extra, state)
+        self.plan.state = state
+        return updates, loss, metrics
+
+    def _batched(self, params, x, y, extra, state):
+        in_dims = (0, 0, 0, None if extra is None else 0, 0)
+        batched = vmap(self._member_step, in_dims=in_dims, randomness="error")
+        return batched(params, x, y, extra, state)
+
+    def sync(self) -> None:
+        self.plan.sync()
+
+
+class StackError(ValueError):
+    """These members cannot be stacked; the message says why in one line."""
