@@ -177,3 +177,13 @@ def test_conv_net_trains_to_accuracy_on_digits(digits):
             opt.update(params, u, state, 3e-3)
     accuracy = (net.predict(digits.test_x).argmax(1) == digits.test_y).float().mean()
     assert accuracy > 0.93
+
+
+def test_dni_refuses_synthesizers_that_do_not_fit(monkeypatch):
+    import creditlab.rules.machinery.feedback as feedback
+
+    net = small_conv_net()
+    x, y = gradcheck.random_batch(net, 4, 0)
+    monkeypatch.setattr(feedback.os, "sysconf", lambda name: 1)
+    with pytest.raises(UsageError, match=r"rule 'dni' would need .* for its synthesizers"):
+        cl.rule("dni").updates(net, x, y)
