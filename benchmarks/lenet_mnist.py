@@ -27,9 +27,13 @@ from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation,
 TARGETS = {"bp": 0.91, "usf": 1.0, "brsf": 1.0, "frsf": 1.0, "fa": 1.70, "dfa": 1.61}
 
 
+ACTIVATIONS = {"relu": F.relu, "tanh": torch.tanh}
+
+
 class TorchLeNet(torch.nn.Module):
-    def __init__(self, net):
+    def __init__(self, net, activation: str):
         super().__init__()
+        self.f = ACTIVATIONS[activation]
         names = [
             ("input", "conv1"),
             ("pool1", "conv2"),
@@ -49,9 +53,10 @@ class TorchLeNet(torch.nn.Module):
 
     def forward(self, x):
         c1, c2, f1, f2, out = self.layers
-        h = F.max_pool2d(F.relu(c1(x.view(-1, 1, 28, 28))), 2)
-        h = F.max_pool2d(F.relu(c2(h)), 2).flatten(1)
-        return out(F.relu(f2(F.relu(f1(h)))))
+        f = self.f
+        h = F.max_pool2d(f(c1(x.view(-1, 1, 28, 28))), 2)
+        h = F.max_pool2d(f(c2(h)), 2).flatten(1)
+        return out(f(f2(f(f1(h)))))
 
 
 def torch_epoch(model, opt, data, config, epoch, device) -> float:
@@ -80,6 +85,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     args = parser.parse_args()
@@ -90,6 +96,7 @@ def main() -> None:
         config = TrainConfig(
             dataset="mnist",
             model="lenet",
+            activation=args.activation,
             rule=name,
             optimizer="adam",
             lr=args.lr,
@@ -103,7 +110,7 @@ def main() -> None:
         d, device = trainer.data, trainer.device
         reference = name == "bp" and not args.no_torch
         if reference:
-            model = TorchLeNet(trainer.net).to(device)
+            model = TorchLeNet(trainer.net, args.activation).to(device)
             opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         ours, theirs = [], []
         best = (-1.0, 0, None)  # validation accuracy, epoch, parameters

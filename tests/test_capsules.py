@@ -180,3 +180,15 @@ def test_capsule_net_trains_on_digits(digits):
             opt.update(params, u, state, 3e-3)
     scores = net.loss_fn.scores(net.predict(digits.test_x))
     assert (scores.argmax(1) == digits.test_y).float().mean() > 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", [r for r in CARRYING if r != "brsf"])  # brsf: device draws
+def test_capsule_and_conv_updates_on_cuda_match_the_cpu(name):
+    cpu = small_capsnet(seed=6)
+    cuda = cl.Network.from_spec(cpu.spec(), dtype=torch.float64, device="cuda", seed=6)
+    x, y = capsule_batch(cpu, 6)
+    a = cl.rule(name).updates(cpu, x, y)
+    b = cl.rule(name).updates(cuda, x.cuda(), y.cuda())
+    for key in a:
+        torch.testing.assert_close(b[key].cpu(), a[key], rtol=1e-9, atol=1e-12)

@@ -161,14 +161,18 @@ def test_conv_spec_round_trip():
     torch.testing.assert_close(again.predict(x), net.predict(x), rtol=0, atol=0)
 
 
-def test_conv_net_trains_to_accuracy_on_digits(digits):
-    torch.manual_seed(0)
+@pytest.mark.parametrize(
+    ("name", "at_least"), [("bp", 0.93), ("fa", 0.8), ("usf", 0.9), ("dfa", 0.8)]
+)
+def test_conv_net_trains_to_accuracy_on_digits(digits, name, at_least):
+    """Conv, max pool, conv, dense: bp reached 97.2%, fa 87.8%, usf 95.6%, dfa 89.7%."""
     net = cl.Network(seed=0)
     x = net.input((1, 8, 8))
     c = net.conv(x, 8, kernel=3, padding=1)
-    p = net.pool(c, 2, kind="avg")
-    net.output(net.dense(net.dense(p, 32), 10, activation="identity"))
-    rule, opt = cl.rule("bp"), cl.optim.Adam()
+    p = net.pool(c, 2, kind="max")
+    c2 = net.conv(p, 8, kernel=3, padding=1)
+    net.output(net.dense(net.dense(c2, 32), 10, activation="identity"))
+    rule, opt = cl.rule(name), cl.optim.Adam()
     params = net.parameters()
     state = opt.init(params)
     for _ in range(8):
@@ -176,4 +180,14 @@ def test_conv_net_trains_to_accuracy_on_digits(digits):
             u = rule.updates(net, digits.train_x[a : a + 32], digits.train_y[a : a + 32])
             opt.update(params, u, state, 3e-3)
     accuracy = (net.predict(digits.test_x).argmax(1) == digits.test_y).float().mean()
-    assert accuracy > 0.93
+    assert accuracy > at_least
+
+
+def test_dni_refuses_synthesizers_that_do_not_fit(monkeypatch):
+    import creditlab.rules.machinery.feedback as feedback
+
+    net = small_conv_net()
+    x, y = gradcheck.random_batch(net, 4, 0)
+    monkeypatch.setattr(feedback.os, "sysconf", lambda name: 1)
+    with pytest.raises(UsageError, match=r"rule 'dni' would need .* for its synthesizers"):
+        cl.rule("dni").updates(net, x, y)

@@ -14,7 +14,6 @@ with no parameters (pooling, mask) carries its signal exactly; no rule can chang
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -107,7 +106,3 @@ def out_size(n: int, kernel: int, stride: int, padding: int, group: str, axis: s
             f"({n}, padding {padding})"
         )
     return (n + 2 * padding - kernel) // stride + 1
-
-
-def numel(shape: tuple[int, ...]) -> int:
-    return math.prod(shape)

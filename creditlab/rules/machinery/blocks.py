@@ -44,6 +44,7 @@ from creditlab.engine.backward import incoming_signal, local_delta, loss_signals
 from creditlab.engine.network import Network, Trace
 from creditlab.errors import UsageError
 from creditlab.optim import SGD, Adam, Optimizer
+from creditlab.rules.machinery.feedback import check_fits
 
 Tensor = torch.Tensor
 SYNTH_KINDS = ("linear", "mlp")
@@ -232,6 +233,10 @@ class SyntheticGradients:
             size = net.groups[b].size
             self.synths[b] = Synthesizer(b, self.kind, size + extra, size, self.hidden)
         if self.theta is None:  # a new run; a resumed one brought its parameters already
+            # Sized first: a synthesizer reading a large image group (a convolution's output)
+            # is large, and its optimiser keeps up to two more copies.
+            entries = sum(math.prod(s) for m in self.synths.values() for s in m.shapes().values())
+            check_fits(self.rule, "its synthesizers and their optimiser state", 3 * entries, net)
             self.theta = {}
             for m in self.synths.values():
                 self.theta.update(m.init(net.seed, net.dtype, net.device))
