@@ -119,3 +119,19 @@ def weight_updates(
             )
         updates[bias_name(j)] = delta.sum(dim=0).mul_(inv_n)
     return updates
+
+
+def input_signal(
+    net: Network, deltas: dict[str, Tensor], feedback: Feedback | None = None
+) -> Tensor:
+    """The error signal at the input group, dE/dx = sum over k in outs(input) of delta_k W_ik^T
+    (per example, like delta), or with `feedback` in W^T's place.
+
+    Training never needs it (the input has no weights below it); a GAN does: the
+    discriminator's input signal is the generator's output error.
+    """
+    feedback = feedback or transpose_feedback(net)
+    signal = incoming_signal(net, deltas, net.input_name, feedback)
+    if signal is None:
+        raise ValueError("no group reading the input has an error signal")
+    return signal

@@ -54,6 +54,7 @@ class DirectFeedbackAlignment(Rule):
         self.scale = positive(self, "scale")
         self.B = FixedMatrices(self.name, self._shapes, self._draw)
         self._joined: tuple[dict, torch.Tensor | None, list[int]] | None = None
+        self._B_input: tuple[Network, torch.Tensor] | None = None
 
     @staticmethod
     def _shapes(net: Network) -> dict[str, tuple[int, int]]:
@@ -73,17 +74,30 @@ class DirectFeedbackAlignment(Rule):
         return self._joined[1], self._joined[2]
 
     def updates(self, net, x, y):
-        B_all, sizes = self._all(net)
         trace = net.forward(x, train=True)
-        o = net.output_name
-        self.last_loss = net.loss_fn.mean(trace.z[o], y)
-        e = output_delta(net, trace, y)
-        deltas = {o: e}
+        self.last_loss = net.loss_fn.mean(trace.z[net.output_name], y)
+        deltas = self.signal_deltas(net, trace, output_delta(net, trace, y))
+        return weight_updates(net, trace, deltas)
+
+    def signal_deltas(self, net, trace, delta_o):
+        B_all, sizes = self._all(net)
+        deltas = {net.output_name: delta_o}
         if sizes:
-            signals = (e @ B_all).split(sizes, dim=1)  # e B_j for every hidden j, one product
+            signals = (delta_o @ B_all).split(sizes, dim=1)  # e B_j for every hidden j at once
             for j, signal in zip(net.hidden, signals, strict=True):
                 deltas[j] = local_delta(net, trace, j, signal)
-        return weight_updates(net, trace, deltas)
+        return deltas
+
+    def signal_at_input(self, net, trace, deltas):
+        """The output error straight to the input through one more fixed B, of shape
+        (size_o, size_input), drawn as the B_j are (used for a signal sent to the input)."""
+        if self._B_input is None or self._B_input[0] is not net:
+            std = self.scale * net.init_std(net.output_name)
+            shape = (net.output_size, net.input_size)
+            seed = seed_for(net, "dfa", net.input_name)
+            B = random_matrix(net, shape, std, self.opts["distribution"], seed)
+            self._B_input = (net, B)
+        return deltas[net.output_name] @ self._B_input[1]
 
     def state_dict(self):
         return {"B": self.B.state_dict()}
