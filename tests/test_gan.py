@@ -122,20 +122,28 @@ def test_a_corrupt_judge_is_trained_again(digits_data, judge, tmp_path, monkeypa
     assert target.read_bytes() == judge.path.read_bytes()
 
 
-def test_a_read_only_data_folder_falls_back_to_the_cache(digits_data, tmp_path, monkeypatch):
-    data_folder = tmp_path / "data"
+def test_judges_go_to_the_cache_and_beside_the_data_only_when_it_cannot_be_written(
+    digits_data, tmp_path, monkeypatch
+):
+    data, data_folder = digits_data.subset(n_train=300), tmp_path / "data"
     data_folder.mkdir()
-    data_folder.chmod(0o555)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    try:
-        if os.access(data_folder, os.W_OK):
-            pytest.skip("running as a user who can write anywhere")
-        judge = gan_eval.load_judge(
-            digits_data.subset(n_train=300), data_folder, torch.device("cpu"), False, print
-        )
-    finally:
-        data_folder.chmod(0o755)
+    judge = gan_eval.load_judge(data, data_folder, torch.device("cpu"), False, print)
     assert judge.path.parent == tmp_path / "cache" / "creditlab" / "judges"
+    assert not (data_folder / "judges").exists()  # a shared data folder is left alone
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # the cache cannot be created below a file
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    beside = gan_eval.load_judge(data, data_folder, torch.device("cpu"), False, print)
+    assert beside.path.parent == data_folder / "judges"
+    assert beside.sha256 == judge.sha256  # the same training, the same bytes
+    again = gan_eval.load_judge(data, data_folder, torch.device("cpu"), False, print)
+    assert again.path == beside.path  # found beside the data
+
+    messages = []
+    nowhere = gan_eval.load_judge(data, None, torch.device("cpu"), False, messages.append)
+    assert nowhere.path is None and any("this run only" in m for m in messages)
 
 
 def test_references_bracket_real_and_noise(digits_data, judge):
@@ -347,7 +355,9 @@ def test_gan_and_sample_commands(tmp_path, cli):
     assert "classifier FID" in done.stdout
     again = cli("gan", *SMALL_ARGS, "--out", str(run))
     assert again.returncode == 2 and "--resume" in again.stderr
-    more = cli("gan", *SMALL_ARGS[:-3], "2", "--quiet", "--out", str(run), "--resume")
+    longer = list(SMALL_ARGS)
+    longer[longer.index("--epochs") + 1] = "2"
+    more = cli("gan", *longer, "--rule-g", "fa", "--out", str(run), "--resume")
     assert more.returncode == 0, more.stderr
     assert json.loads((run / "results.json").read_text())["epochs"] == 2
     npz = tmp_path / "samples.npz"
@@ -419,3 +429,12 @@ def test_same_seed_pairs_start_from_the_same_weights(digits_data, judge):
         for name, p in net_a.parameters().items():
             assert torch.equal(p, net_b.parameters()[name])
     assert weight_name("input", "h1") in a.G.parameters()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gan_trains_on_cuda(digits_data, judge, tmp_path):
+    config = small(device="cuda", epochs=2)
+    results = train_gan(config, tmp_path, progress=False, log=lambda _: None, data=digits_data)
+    assert results["status"] == "finished"
+    assert results["config"]["device_used"].startswith("cuda:")
+    assert np.isfinite(results["best_fid"])

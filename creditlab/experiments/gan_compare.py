@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from creditlab.data import load_dataset
 from creditlab.engine.devices import resolve_device
@@ -189,6 +190,7 @@ def fid_curves_png(record: dict[str, Any]) -> bytes:
     gan_report.reference_lines(ax, record["references"])
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("classifier FID")
     ax.set_title("classifier FID (mean over seeds, band: lowest to highest)")
     ax.grid(alpha=0.3)

@@ -9,9 +9,10 @@ References beside them: the distance of training images to the test set (the flo
 perfect generator would score) and of uniform noise (the ceiling).
 
 The distance depends on the classifier, so it is only comparable between runs judged by the same
-one: results.json names it and its SHA-256. It is cached once trained, beside the data when that
-folder is writable, else in $XDG_CACHE_HOME/creditlab/judges (~/.cache by default); the checksum
-is checked on every load, and a file that fails it is trained again, never trusted.
+one: results.json names it and its SHA-256. It is cached once trained, in
+$XDG_CACHE_HOME/creditlab/judges (~/.cache by default, where downloaded datasets are cached too),
+or beside the data when the cache cannot be written; a judge beside the data is used first.
+The checksum is checked on every load, and a file that fails it is trained again, never trusted.
 """
 
 from __future__ import annotations
@@ -55,11 +56,17 @@ def data_fingerprint(data: Dataset) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_dirs(data_folder: Path | None) -> list[Path]:
-    """Where judges are looked for and saved, in order: beside the data, then the cache."""
+def cache_dirs(data_folder: Path | None) -> tuple[list[Path], list[Path]]:
+    """Where judges are looked for, and where one is saved, in order of preference.
+
+    Looked for beside the data first (a judge shipped with a dataset), then in the cache
+    ($XDG_CACHE_HOME/creditlab/judges, beside the downloaded datasets); saved to the cache
+    first, so that a shared data folder is never written to unless the cache cannot be.
+    """
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    dirs = [data_folder / "judges"] if data_folder is not None else []
-    return [*dirs, base / "creditlab" / "judges"]
+    cache = base / "creditlab" / "judges"
+    beside = [data_folder / "judges"] if data_folder is not None else []
+    return [*beside, cache], [cache, *beside]
 
 
 def data_folder_of(dataset: str, data_dir: str | None) -> Path | None:
@@ -139,8 +146,8 @@ def load_judge(
     """The dataset's judge: from the cache if a verified copy is there, else trained now."""
     key = hashlib.sha256(repr(sorted(JUDGE.items())).encode()).hexdigest()[:8]
     file_name = f"judge-{data.name.split(':')[0]}-{data_fingerprint(data)}-{key}.pt"
-    dirs = cache_dirs(data_folder)
-    for folder in dirs:
+    look_in, save_to = cache_dirs(data_folder)
+    for folder in look_in:
         judge = _load_verified(folder / file_name, device, log)
         if judge is not None:
             return judge
@@ -151,14 +158,14 @@ def load_judge(
     blob = payload.getvalue()
     digest = hashlib.sha256(blob).hexdigest()
     saved = None
-    for folder in dirs:
+    for folder in save_to:
         try:
             checkpoint.atomic_write(folder / file_name, lambda f: f.write(blob))
             checkpoint.atomic_write(
                 folder / (file_name + ".sha256"), lambda f: f.write(f"{digest}\n".encode())
             )
         except OSError:
-            continue  # a read-only data folder (CI's ../shared): try the next place
+            continue  # a read-only folder: try the next place
         saved = folder / file_name
         break
     if saved is None:

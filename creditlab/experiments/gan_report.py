@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from creditlab.experiments.checkpoint import atomic_write
 from creditlab.experiments.report import COLORS, STYLE
@@ -80,6 +81,7 @@ def _figure(title: str, ylabel: str) -> tuple[Figure, Any]:
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return fig, ax
 
 
