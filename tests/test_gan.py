@@ -383,6 +383,8 @@ def test_gan_and_sample_commands(tmp_path, cli):
         (["--generator", "conv:64"], "unknown generator 'conv:64'"),
         (["--generator", "mlp:64-x"], "bad hidden sizes"),
         (["--k", "0"], "k must be a positive integer"),
+        (["--train-subset", "-5"], "train_subset must be a positive integer"),
+        (["--eval-samples", "1"], "eval_samples must be at least 2"),
         (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
         (["--rule-opt-g", "scale"], "--rule-opt-g needs KEY=VALUE"),
         (["--rule-opt-g", "nope=1"], "unknown option(s) nope for rule 'bp'"),

@@ -93,6 +93,10 @@ class GanConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if self.train_subset is not None and (
+            isinstance(self.train_subset, bool) or self.train_subset < 1
+        ):
+            raise UsageError(f"train_subset must be a positive integer, got {self.train_subset!r}")
         if self.eval_samples < 2:
             raise UsageError(f"eval_samples must be at least 2, got {self.eval_samples}")
         for name in ("lr", "lr_g", "lr_d"):
