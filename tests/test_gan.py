@@ -205,7 +205,7 @@ def test_dense_gan_learns_digits(digits_data, judge, tmp_path):
     assert min(best["class_shares"]) > 0.02, best["class_shares"]
 
 
-@pytest.mark.parametrize("pair", [("fa", "fa"), ("dfa", "usf"), ("brsf", "frsf")])
+@pytest.mark.parametrize("pair", [("fa", "fa"), ("dfa", "usf"), ("brsf", "frsf"), ("dni", "dni")])
 def test_other_rule_pairs_train_without_error(pair, digits_data, judge):
     config = small(rule_g=pair[0], rule_d=pair[1], epochs=1, loss="hinge")
     results = train_gan(

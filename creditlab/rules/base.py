@@ -114,7 +114,7 @@ class Rule:
         return (
             f"rule {self.name!r} sends no error signal backwards, so it cannot pass a signal "
             "through a network from outside its loss (as a GAN needs); rules that can: "
-            "bp, fa, dfa, usf, brsf, frsf"
+            "bp, fa, dfa, usf, brsf, frsf, dni"
         )
 
     def feedback_matrices(self, net: Network) -> dict[str, Tensor]:

@@ -82,14 +82,16 @@ def synthetic_sweep(
     y: Tensor,
     boundaries: Sequence[str],
     synthetic: Callable[[str], Tensor],
+    delta_o: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """The backward sweep with the signal at each boundary b replaced by synthetic(b).
 
     Returns the deltas of every non-input group and, per boundary, the signal that arrived
-    there from above (the synthesizer's target).
+    there from above (the synthesizer's target). `delta_o`: the output's delta when it comes
+    from outside the loss (then y is not read).
     """
     feedback = transpose_feedback(net)
-    deltas = {net.output_name: output_delta(net, trace, y)}
+    deltas = {net.output_name: output_delta(net, trace, y) if delta_o is None else delta_o}
     arriving: dict[str, Tensor] = {}
     cut = set(boundaries)
     for j in reversed(net.order):
@@ -249,14 +251,23 @@ class SyntheticGradients:
             )
 
     # ---- one step ---------------------------------------------------------------------------
-    def step(self, net: Network, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Trace, dict]:
+    def step(
+        self,
+        net: Network,
+        x: Tensor,
+        y: Tensor | None,
+        trace: Trace | None = None,
+        delta_o: Tensor | None = None,
+    ) -> tuple[dict[str, Tensor], Trace, dict]:
         """Deltas for the batch, with the synthesizers trained one step toward what arrived.
 
-        Returns (deltas, trace, metrics); the caller turns deltas into weight updates.
+        Returns (deltas, trace, metrics); the caller turns deltas into weight updates. With
+        `delta_o` the output's delta comes from outside the loss (y is not needed unless the
+        synthesizers are conditioned); `trace` is a training forward pass of x already run.
         """
         if self.boundaries is None:
             self.setup(net)
-        trace = net.forward(x, train=True)
+        trace = trace if trace is not None else net.forward(x, train=True)
         c = condition(net, y) if self.conditioned else None
         inputs: dict[str, Tensor] = {}
         predictions: dict[str, tuple[Tensor, Tensor | None]] = {}
@@ -272,7 +283,7 @@ class SyntheticGradients:
                 used[b] = predictions[b][0]
             return used[b]
 
-        deltas, arriving = synthetic_sweep(net, trace, y, self.boundaries, synthetic)
+        deltas, arriving = synthetic_sweep(net, trace, y, self.boundaries, synthetic, delta_o)
         metrics: dict[str, Tensor] = {}
         grads: dict[str, Tensor] = {}
         for b in self.boundaries:
