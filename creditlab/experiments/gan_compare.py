@@ -209,10 +209,12 @@ def best_grid(run: dict[str, Any], folder: Path) -> np.ndarray | None:
 def samples_png(record: dict[str, Any], out: Path) -> bytes:
     """Every pair's best-epoch samples (first seed) side by side."""
     pairs = record["pairs"]
-    fig = Figure(figsize=(3.2 * len(pairs), 3.6), dpi=100, layout="constrained")
+    cols = min(len(pairs), 5)
+    rows = -(-len(pairs) // cols)
+    fig = Figure(figsize=(3.2 * cols, 3.6 * rows), dpi=100, layout="constrained")
     seed = record["seeds"][0]
     for n, pair in enumerate(pairs):
-        ax = fig.add_subplot(1, len(pairs), n + 1)
+        ax = fig.add_subplot(rows, cols, n + 1)
         run = next(
             r
             for r in record["runs"]
