@@ -197,6 +197,8 @@ def race(args, data, judge, device, out: Path) -> dict:
         )
         grid = gan_report.to_uint8(plain.generate(ours.grid_latent), ours.image_shape)
         gan_report.write_grid(out / "pytorch" / f"epoch-{epoch:03d}.png", grid)
+        # every epoch's row on disk at once, so a run stopped early keeps its figures
+        (out / "race-rows.json").write_text(json.dumps(rows, indent=1) + "\n")
     ours._write_results(status="finished")
     timed = rows[1:] or rows  # the first epoch warms up
     ratios = [r["s_ours"] / r["s_torch"] for r in timed]
