@@ -505,6 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rules", help="list the learning rules and their options")
     p.set_defaults(func=cmd_rules)
+
+    from creditlab.experiments import gan_cli
+
+    gan_cli.register(sub)  # gan, sample, gan-compare
     return parser
 
 

@@ -162,3 +162,22 @@ def weight_updates(
         if kind.biased:
             updates[bias_name(j)] = kind.bias_grad(group, delta)
     return updates
+
+
+def input_signal(
+    net: Network,
+    deltas: dict[str, Tensor],
+    feedback: Feedback | None = None,
+    trace: Trace | None = None,
+) -> Tensor:
+    """The error signal at the input group, dE/dx = sum over k in outs(input) of delta_k W_ik^T
+    (per example, like delta), or with `feedback` in W^T's place.
+
+    Training never needs it (the input has no weights below it); a GAN does: the
+    discriminator's input signal is the generator's output error.
+    """
+    feedback = feedback or transpose_feedback(net)
+    signal = incoming_signal(net, deltas, net.input_name, feedback, trace)
+    if signal is None:
+        raise ValueError("no group reading the input has an error signal")
+    return signal

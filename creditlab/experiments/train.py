@@ -123,6 +123,23 @@ def differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     )
 
 
+def load_for_resume(
+    path: Path | None, config: dict[str, Any], device: torch.device
+) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it was made with `config` (up to the fields free to change
+    on resume); None when there is none; UsageError naming the differing fields otherwise."""
+    if path is None or not path.exists():
+        return None
+    state = checkpoint.load(path, map_location=device)
+    differ = differing_fields(state["config"], config)
+    if differ:
+        raise UsageError(
+            f"cannot resume {path}: it was made with another configuration; differing "
+            f"fields: {'; '.join(differ)}"
+        )
+    return state
+
+
 def make_optimizer(config: TrainConfig) -> Optimizer:
     if config.optimizer == "sgd":
         return SGD(config.momentum, config.nesterov, config.weight_decay)
@@ -268,16 +285,9 @@ class Trainer:
 
     def restore(self) -> bool:
         """Continue from the checkpoint in out_dir; False when there is none yet."""
-        path = self.checkpoint_path
-        if path is None or not path.exists():
+        state = load_for_resume(self.checkpoint_path, self.config.to_dict(), self.device)
+        if state is None:
             return False
-        state = checkpoint.load(path, map_location=self.device)
-        differ = differing_fields(state["config"], self.config.to_dict())
-        if differ:
-            raise UsageError(
-                f"cannot resume {path}: it was made with another configuration; differing "
-                f"fields: {'; '.join(differ)}"
-            )
         self.net.load_parameters(state["params"])
         self.best_params = {k: v.to(self.device) for k, v in state["best_params"].items()}
         self.best = state["best"]

@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from creditlab.engine.network import Network
+from creditlab.engine.backward import local_delta, weight_updates
+from creditlab.engine.network import Network, Trace
 from creditlab.errors import UsageError
 
 Tensor = torch.Tensor
@@ -90,6 +91,52 @@ class Rule:
     def predict(self, net: Network, x: Tensor) -> Tensor:
         """Scores per class for evaluation; rules with their own read-out override this."""
         return self.output(net, x)
+
+    # ---- error signals from outside the loss (GANs) ----------------------------------------
+    # A GAN's generator learns from the discriminator: its output group receives as dE/dz the
+    # error signal that reaches the discriminator's input. Both halves are the rule's own:
+    # `signal_deltas` carries a given output signal down the network the way the rule carries
+    # errors (W^T for bp, B for fa, ...) and `signal_at_input` carries it one step further, to
+    # the input. Rules that send no error backwards (dtp, pc, ff, es, hillclimb) keep these
+    # defaults and refuse. Signals are per example (dE_n/dz), as deltas are.
+    def signal_deltas(self, net: Network, trace: Trace, delta_o: Tensor) -> dict[str, Tensor]:
+        """Every group's delta when the output group's delta_o comes from outside."""
+        raise UsageError(self._no_signal_message())
+
+    def signal_at_input(self, net: Network, trace: Trace, deltas: dict[str, Tensor]) -> Tensor:
+        """dE/dx, the signal the input group receives from the deltas above it."""
+        raise UsageError(self._no_signal_message())
+
+    def check_signal(self, net: Network) -> None:
+        """Raise UsageError unless this rule can carry an outside error signal through `net`."""
+        if type(self).signal_deltas is Rule.signal_deltas:
+            raise UsageError(self._no_signal_message())
+        self.check(net)
+
+    def updates_for_signal(
+        self, net: Network, x: Tensor, dz_out: Tensor, trace: Trace | None = None
+    ) -> dict[str, Tensor]:
+        """The updates when the output group's dE/dz (per example, (N, size_o)) comes from
+        outside instead of from the loss. `trace`: a training forward pass of x already run."""
+        trace = trace if trace is not None else net.forward(x, train=True)
+        delta_o = local_delta(net, trace, net.output_name, dz_out)
+        return weight_updates(net, trace, self.signal_deltas(net, trace, delta_o))
+
+    def input_signal(
+        self, net: Network, x: Tensor, dz_out: Tensor, trace: Trace | None = None
+    ) -> Tensor:
+        """The signal that reaches the input, dE/dx per example (N, size_input), when the
+        output group receives dE/dz_out; exactly the gradient for bp."""
+        trace = trace if trace is not None else net.forward(x, train=True)
+        delta_o = local_delta(net, trace, net.output_name, dz_out)
+        return self.signal_at_input(net, trace, self.signal_deltas(net, trace, delta_o))
+
+    def _no_signal_message(self) -> str:
+        return (
+            f"rule {self.name!r} sends no error signal backwards, so it cannot pass a signal "
+            "through a network from outside its loss (as a GAN needs); rules that can: "
+            "bp, fa, dfa, usf, brsf, frsf, dni"
+        )
 
     def feedback_matrices(self, net: Network) -> dict[str, Tensor]:
         """For rules that carry errors back along other matrices than W^T: per weight name,

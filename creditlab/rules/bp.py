@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from creditlab.engine.backward import error_sweep, weight_updates
+from creditlab.engine.backward import error_sweep, transpose_feedback, weight_updates
 from creditlab.rules.base import Rule
+from creditlab.rules.machinery.signals import SweepSignals
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
-class Backprop(Rule):
+class Backprop(SweepSignals, Rule):
     name = "bp"
     summary = "backpropagation: errors return along W^T, the exact gradient"
     any_kind = True
@@ -19,3 +20,9 @@ class Backprop(Rule):
         trace = net.forward(x, train=True, labels=y)
         self.last_loss = net.total_loss(trace, y)
         return weight_updates(net, trace, error_sweep(net, trace, y))
+
+    def signal_feedback(self, net):
+        return transpose_feedback(net)
+
+    def input_feedback(self, net):
+        return transpose_feedback(net)

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from creditlab.engine.network import Network
+from creditlab.engine.network import Network, weight_name
 from creditlab.rules.base import Option
 from creditlab.rules.machinery.feedback import (
     FeedbackRule,
@@ -25,6 +25,7 @@ from creditlab.rules.machinery.feedback import (
     seed_for,
     state_part,
 )
+from creditlab.rules.machinery.signals import input_connections, lookup
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
@@ -64,6 +65,23 @@ class BatchRandomSignFeedback(FeedbackRule):
             self._bind(net)
         self.drawn = True
         return self.signed(net, self._draw(self.rng))
+
+    def input_feedback(self, net):
+        """Magnitudes for the connections out of the input, drawn afresh from the rule's
+        generator for every signal (after the batch's other magnitudes)."""
+        if net is not self.net:
+            self._bind(net)
+        size_in = net.groups[net.input_name].size
+        magnitudes = {
+            weight_name(i, k): torch.rand(
+                (net.groups[k].size, size_in),
+                generator=self.rng,
+                dtype=net.dtype,
+                device=net.device,
+            )
+            for i, k in input_connections(net)
+        }
+        return lookup(self.signed(net, magnitudes, input_connections(net)))
 
     def feedback_matrices(self, net):
         """The last batch's magnitudes with W's current signs; before the first batch, the

@@ -67,6 +67,7 @@ class DirectFeedbackAlignment(Rule):
         self.scale = positive(self, "scale")
         self.B = FixedMatrices(self.name, self._shapes, self._draw)
         self._joined: tuple[dict, torch.Tensor | None, list[int]] | None = None
+        self._B_input: tuple[Network, torch.Tensor] | None = None
 
     @staticmethod
     def _targets(net: Network) -> list[str]:
@@ -101,10 +102,18 @@ class DirectFeedbackAlignment(Rule):
         return self._joined[1], self._joined[2]
 
     def updates(self, net, x, y):
-        B_all, sizes = self._all(net)
         trace = net.forward(x, train=True, labels=y)
         self.last_loss = net.total_loss(trace, y)
-        deltas = output_deltas(net, trace, y)
+        deltas = self._hidden_deltas(net, trace, output_deltas(net, trace, y))
+        return weight_updates(net, trace, deltas)
+
+    def signal_deltas(self, net, trace, delta_o):
+        return self._hidden_deltas(net, trace, {net.output_name: delta_o})
+
+    def _hidden_deltas(self, net, trace, deltas):
+        """Add delta_j = f'(s_j) * (e B_j) for every hidden j with parameters to the output
+        deltas e (several outputs' deltas side by side), all groups in one product."""
+        B_all, sizes = self._all(net)
         if sizes:
             e = (
                 torch.cat(list(deltas.values()), dim=1)
@@ -114,7 +123,18 @@ class DirectFeedbackAlignment(Rule):
             signals = (e @ B_all).split(sizes, dim=1)  # e B_j for every hidden j, one product
             for j, signal in zip(self._targets(net), signals, strict=True):
                 deltas[j] = local_delta(net, trace, j, signal)
-        return weight_updates(net, trace, deltas)
+        return deltas
+
+    def signal_at_input(self, net, trace, deltas):
+        """The output error straight to the input through one more fixed B, of shape
+        (size_o, size_input), drawn as the B_j are (used for a signal sent to the input)."""
+        if self._B_input is None or self._B_input[0] is not net:
+            std = self.scale * net.init_std(net.output_name)
+            shape = (net.output_size, net.input_size)
+            seed = seed_for(net, "dfa", net.input_name)
+            B = random_matrix(net, shape, std, self.opts["distribution"], seed)
+            self._B_input = (net, B)
+        return deltas[net.output_name] @ self._B_input[1]
 
     def state_dict(self):
         return {"B": self.B.state_dict()}

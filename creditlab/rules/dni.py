@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from creditlab.engine.backward import weight_updates
+from creditlab.engine.backward import input_signal, weight_updates
+from creditlab.errors import UsageError
 from creditlab.rules.base import Option, Rule
 from creditlab.rules.machinery.blocks import (
     SYNTH_KINDS,
@@ -89,3 +90,26 @@ class DNI(Rule):
 
     def load_state_dict(self, state):
         self.sg.load_state_dict(state)
+
+    # ---- a signal from outside the loss (a GAN) ----------------------------------------------
+    # The blocks work as in training: the top block receives the outside signal, every block
+    # below its boundary's synthetic signal, and each synthesizer takes a step toward the
+    # signal that arrived (so a discriminator's synthesizers also learn from the generator's
+    # steps). The input is below the lowest block, whose signals travel by bp inside it, so
+    # the input receives that block's deltas through W^T.
+    def check_signal(self, net):
+        if self.conditioned:
+            raise UsageError(
+                f"rule {self.name!r} conditions its synthesizers on the target, and a signal "
+                "from outside the loss (as a GAN sends) has none; use dni"
+            )
+        super().check_signal(net)
+
+    def signal_deltas(self, net, trace, delta_o):
+        self.check_signal(net)
+        x = trace.z[net.input_name]
+        deltas, _, self.metrics = self.sg.step(net, x, None, trace=trace, delta_o=delta_o)
+        return deltas
+
+    def signal_at_input(self, net, trace, deltas):
+        return input_signal(net, deltas)

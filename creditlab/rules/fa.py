@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from creditlab.engine.network import Network
+from creditlab.engine.network import Network, weight_name
 from creditlab.rules.base import Option
 from creditlab.rules.machinery.feedback import (
     FeedbackRule,
@@ -34,6 +34,7 @@ from creditlab.rules.machinery.feedback import (
     seed_for,
     state_part,
 )
+from creditlab.rules.machinery.signals import InputMatrices, lookup
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
@@ -54,14 +55,25 @@ class FeedbackAlignment(FeedbackRule):
         super().__init__(**opts)
         self.scale = positive(self, "scale")
         self.B = FixedMatrices(self.name, connection_shapes, self._draw)
+        self.B_input = InputMatrices(self._draw_input)  # only for a signal sent to the input
 
     def _draw(self, net: Network, key: str, shape: tuple[int, int]):
         _, j = connection_groups(net)[key]  # B_ij stands in for W_ij^T
         std = self.scale * net.init_std(j)
         return random_matrix(net, shape, std, self.opts["distribution"], seed_for(net, "fa", key))
 
+    def _draw_input(self, net: Network, i: str, k: str):
+        """B for the connection (input i, k), drawn as every other B (used for a signal only)."""
+        std = self.scale * net.init_std(k)
+        shape = (net.groups[k].size, net.groups[i].size)
+        seed = seed_for(net, "fa", weight_name(i, k))
+        return random_matrix(net, shape, std, self.opts["distribution"], seed)
+
     def step_feedback(self, net):
         return self.B.get(net)
+
+    def input_feedback(self, net):
+        return lookup(self.B_input.get(net))
 
     def feedback_matrices(self, net):
         return {k: B.clone() for k, B in self.B.get(net).items()}

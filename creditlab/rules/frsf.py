@@ -12,7 +12,7 @@ from typing import ClassVar
 
 import torch
 
-from creditlab.engine.network import Network
+from creditlab.engine.network import Network, weight_name
 from creditlab.rules.base import Option
 from creditlab.rules.machinery.feedback import (
     FeedbackRule,
@@ -24,6 +24,7 @@ from creditlab.rules.machinery.feedback import (
     seed_for,
     state_part,
 )
+from creditlab.rules.machinery.signals import InputMatrices, input_connections, lookup
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
@@ -37,6 +38,12 @@ class FixedRandomSignFeedback(FeedbackRule):
         super().__init__(**opts)
         self.signed = SignConcordant(positive(self, "scale"))
         self.M = FixedMatrices(self.name, connection_shapes, self._draw)
+        # Magnitudes for the connections out of the input, for a signal sent to the input.
+        self.M_input = InputMatrices(
+            lambda net, i, k: self._draw(
+                net, weight_name(i, k), (net.groups[k].size, net.groups[i].size)
+            )
+        )
 
     @staticmethod
     def _draw(net: Network, key: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -45,6 +52,9 @@ class FixedRandomSignFeedback(FeedbackRule):
 
     def step_feedback(self, net):
         return self.signed(net, self.M.get(net))
+
+    def input_feedback(self, net):
+        return lookup(self.signed(net, self.M_input.get(net), input_connections(net)))
 
     def feedback_matrices(self, net):
         return {k: B.clone() for k, B in self.step_feedback(net).items()}

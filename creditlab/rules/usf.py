@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from creditlab.rules.base import Option
 from creditlab.rules.machinery.feedback import FeedbackRule, SignConcordant, positive, scale_option
+from creditlab.rules.machinery.signals import input_connections, lookup
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
 
@@ -27,6 +28,9 @@ class UniformSignFeedback(FeedbackRule):
 
     def step_feedback(self, net):
         return self.signed(net, None)
+
+    def input_feedback(self, net):
+        return lookup(self.signed(net, None, input_connections(net)))
 
     def feedback_matrices(self, net):
         return {k: B.clone() for k, B in self.signed(net, None).items()}

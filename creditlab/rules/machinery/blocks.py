@@ -83,19 +83,24 @@ def synthetic_sweep(
     y: Tensor,
     boundaries: Sequence[str],
     synthetic: Callable[[str], Tensor],
+    delta_o: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """The backward sweep with the signal at each boundary b replaced by synthetic(b).
 
     Returns the deltas of every non-input group and, per boundary, the signal that arrived
-    there from above (the synthesizer's target).
+    there from above (the synthesizer's target). `delta_o`: the output's delta when it comes
+    from outside the loss (then y is not read).
     """
     feedback = transpose_feedback(net)
-    sources = loss_signals(net, trace, y)  # dE/dz_o at the outputs
-    deltas: dict[str, Tensor] = {}
+    if delta_o is None:
+        sources = loss_signals(net, trace, y)  # dE/dz_o at the outputs
+        deltas: dict[str, Tensor] = {}
+    else:  # the output's delta came from outside the loss
+        sources, deltas = {}, {net.output_name: delta_o}
     arriving: dict[str, Tensor] = {}
     cut = set(boundaries)
     for j in reversed(net.order):
-        if j == net.input_name:
+        if j == net.input_name or j in deltas:
             continue
         # Every group but an output feeds some group above it, and every group above has a
         # delta by now (reverse topological order), so a signal always arrives.
@@ -257,14 +262,23 @@ class SyntheticGradients:
             )
 
     # ---- one step ---------------------------------------------------------------------------
-    def step(self, net: Network, x: Tensor, y: Tensor) -> tuple[dict[str, Tensor], Trace, dict]:
+    def step(
+        self,
+        net: Network,
+        x: Tensor,
+        y: Tensor | None,
+        trace: Trace | None = None,
+        delta_o: Tensor | None = None,
+    ) -> tuple[dict[str, Tensor], Trace, dict]:
         """Deltas for the batch, with the synthesizers trained one step toward what arrived.
 
-        Returns (deltas, trace, metrics); the caller turns deltas into weight updates.
+        Returns (deltas, trace, metrics); the caller turns deltas into weight updates. With
+        `delta_o` the output's delta comes from outside the loss (y is not needed unless the
+        synthesizers are conditioned); `trace` is a training forward pass of x already run.
         """
         if self.boundaries is None:
             self.setup(net)
-        trace = net.forward(x, train=True, labels=y)
+        trace = trace if trace is not None else net.forward(x, train=True, labels=y)
         c = condition(net, y) if self.conditioned else None
         inputs: dict[str, Tensor] = {}
         predictions: dict[str, tuple[Tensor, Tensor | None]] = {}
@@ -280,7 +294,7 @@ class SyntheticGradients:
                 used[b] = predictions[b][0]
             return used[b]
 
-        deltas, arriving = synthetic_sweep(net, trace, y, self.boundaries, synthetic)
+        deltas, arriving = synthetic_sweep(net, trace, y, self.boundaries, synthetic, delta_o)
         metrics: dict[str, Tensor] = {}
         grads: dict[str, Tensor] = {}
         for b in self.boundaries:

@@ -31,6 +31,7 @@ from creditlab.engine.backward import error_sweep, weight_updates
 from creditlab.engine.network import Network, weight_name
 from creditlab.errors import UsageError
 from creditlab.rules.base import Option, Rule
+from creditlab.rules.machinery.signals import SweepSignals, lookup
 
 Tensor = torch.Tensor
 DISTRIBUTIONS = ("uniform", "normal")
@@ -208,8 +209,14 @@ class SignConcordant:
         self.scale = scale
         self.out: dict[str, Tensor] = {}
 
-    def __call__(self, net: Network, magnitudes: dict[str, Tensor] | None) -> dict[str, Tensor]:
-        for i, j in feedback_connections(net):
+    def __call__(
+        self,
+        net: Network,
+        magnitudes: dict[str, Tensor] | None,
+        connections: list[tuple[str, str]] | None = None,
+    ) -> dict[str, Tensor]:
+        """B for every connection in `connections` (default: those out of hidden groups)."""
+        for i, j in connections if connections is not None else feedback_connections(net):
             key, W = weight_name(i, j), net.feedback_view(i, j)
             out = self.out.get(key)
             if out is None or out.shape != W.shape or out.dtype != W.dtype:
@@ -225,11 +232,12 @@ class SignConcordant:
         return self.out
 
 
-class FeedbackRule(Rule):
+class FeedbackRule(SweepSignals, Rule):
     """Backpropagation's sweep with a matrix B_jk in W_jk^T's place (fa, usf, brsf, frsf).
 
     The output layer's own weight gradient stays exact (delta_o comes from the loss); only the
-    transport of errors below it changes. Subclasses give the matrices of each step.
+    transport of errors below it changes. Subclasses give the matrices of each step, and the
+    ones out of the input group for a signal carried to the input (input_feedback).
     """
 
     def step_feedback(self, net: Network) -> dict[str, Tensor]:
@@ -238,6 +246,9 @@ class FeedbackRule(Rule):
         raise NotImplementedError
 
     any_kind = True
+
+    def signal_feedback(self, net):
+        return lookup(self.step_feedback(net))
 
     def updates(self, net, x, y):
         B = self.step_feedback(net)
