@@ -8,6 +8,7 @@ the rules never use autograd.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -17,9 +18,11 @@ import torch.nn.functional as F
 from creditlab.engine.activations import ACTIVATIONS, LEAKY_SLOPE
 from creditlab.engine.losses import LOSSES
 from creditlab.engine.network import Network, bias_name, weight_name
+from creditlab.errors import UsageError
 from creditlab.rules import rule
 
 Tensor = torch.Tensor
+MAX_SEED = 2**32 - 1000  # seeds are mixed as seed * 1000 + trial into a 64-bit generator seed
 
 REFERENCE_ACTIVATIONS = {
     "identity": lambda s: s,
@@ -126,9 +129,26 @@ class CheckResult:
     errors: dict[str, tuple[float, float]]  # parameter -> (vs finite differences, vs autograd)
 
     def worst(self) -> tuple[float, float]:
-        fd = max(e[0] for e in self.errors.values())
-        ag = max(e[1] for e in self.errors.values())
-        return fd, ag
+        """The largest errors; NaN if any error is NaN (a NaN must never pass for small)."""
+        return worst_of(e[0] for e in self.errors.values()), worst_of(
+            e[1] for e in self.errors.values()
+        )
+
+
+def worst_of(errors) -> float:
+    errors = list(errors)
+    return math.nan if any(math.isnan(e) for e in errors) else max(errors)
+
+
+def within(error: float, tolerance: float) -> bool:
+    """error <= tolerance, and False for NaN (NaN compares false both ways)."""
+    return error <= tolerance
+
+
+def check_tolerance(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{name} must be a finite number above 0, got {value}")
+    return value
 
 
 def check_network(net: Network, x: Tensor, y: Tensor, case: str) -> CheckResult:
@@ -141,6 +161,10 @@ def check_network(net: Network, x: Tensor, y: Tensor, case: str) -> CheckResult:
 
 def run(trials: int = 6, seed: int = 0, batch: int = 5) -> list[CheckResult]:
     """Random DAGs covering every activation (hidden and output) and every loss."""
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise UsageError(f"trials must be a positive integer, got {trials!r}")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     names = list(ACTIVATIONS)
     results = []
     for t in range(trials):

@@ -35,6 +35,9 @@ class Rule:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # Training settings this rule learns well with (optimizer, lr, momentum, weight_decay,
+    # schedule; see creditlab/experiments/settings.py); they apply wherever the user sets none.
+    recommended: ClassVar[dict[str, Any]] = {}
     options: ClassVar[dict[str, Option]] = {}
     own_readout: ClassVar[bool] = False  # True when predict() is not the network's output
     # True for rules whose update is a finished step (hill climbing): the training loop then

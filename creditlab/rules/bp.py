@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from creditlab.engine.backward import backward_sweep, output_delta, weight_updates
 from creditlab.rules.base import Rule
 
@@ -9,6 +11,7 @@ from creditlab.rules.base import Rule
 class Backprop(Rule):
     name = "bp"
     summary = "backpropagation: errors return along W^T, the exact gradient"
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
 
     def updates(self, net, x, y):
         trace = net.forward(x, train=True)

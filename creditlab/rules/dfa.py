@@ -21,7 +21,7 @@ apply.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -42,6 +42,7 @@ from creditlab.rules.machinery.feedback import (
 class DirectFeedbackAlignment(Rule):
     name = "dfa"
     summary = "direct feedback alignment: the output error reaches each hidden group via fixed B_j"
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {
         "scale": scale_option(
             0.5, "std of B_j as a multiple of the output group's initial weights' std (> 0)"

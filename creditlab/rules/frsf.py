@@ -8,7 +8,7 @@ creditlab.rules.machinery.feedback.SignConcordant.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -29,6 +29,7 @@ from creditlab.rules.machinery.feedback import (
 class FixedRandomSignFeedback(FeedbackRule):
     name = "frsf"
     summary = "sign-concordant feedback: sign(W)^T times magnitudes drawn once"
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
 
     def __init__(self, **opts):
