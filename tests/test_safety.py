@@ -78,7 +78,9 @@ def test_an_explosion_that_stays_finite_is_named(tmp_path, digits, monkeypatch):
 def test_a_run_stuck_at_chance_is_stalled_and_says_what_to_try(tmp_path, capsys):
     assert train(tmp_path, "--epochs", "2", "--lr", "0") == 1
     captured = capsys.readouterr()
-    assert "warning: validation accuracy" in captured.out and "after the first epoch" in captured.out
+    assert (
+        "warning: validation accuracy" in captured.out and "after the first epoch" in captured.out
+    )
     assert "the run stalled" in captured.err and "after 2 epoch" in captured.err
     results = strict_json(tmp_path / "r" / "results.json")
     assert results["status"] == "stalled" and "near chance" in results["message"]

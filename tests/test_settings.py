@@ -41,11 +41,11 @@ def test_unset_settings_come_from_the_rule_then_the_default():
 
 def test_train_records_each_setting_and_its_source(tmp_path):
     out = tmp_path / "r"
-    args = ["train", *TINY, "--epochs", "1", "--rule", "dni", "--momentum", "0.5"]
+    args = ["train", *TINY, "--epochs", "1", "--rule", "es", "--momentum", "0.5"]
     assert cli.main([*args, "--out", str(out)]) == 0
     config = json.loads((out / "config.json").read_text())
-    assert (config["optimizer"], config["lr"], config["momentum"]) == ("adam", 1e-3, 0.5)
-    assert config["settings_source"]["optimizer"] == "rule"
+    assert (config["optimizer"], config["lr"], config["momentum"]) == ("adam", 0.01, 0.5)
+    assert config["settings_source"]["optimizer"] == config["settings_source"]["lr"] == "rule"
     assert config["settings_source"]["momentum"] == "user"
     assert config["settings_source"]["schedule"] == "default"
     # a resumption with the same command line agrees with the recorded, resolved settings

@@ -504,12 +504,12 @@ class Trainer:
             results["message"] = message
         if self.warnings:
             results["warnings"] = list(self.warnings)
-        if self.out_dir:
-            checkpoint.write_json(self.out_dir / "results.json", results)
+        if self.out_dir:  # results last: a run whose results are written is whole
             checkpoint.save(
                 self.out_dir / "best.pt",
                 {"params": self.best_params, "network": self.net.spec()},
             )
+            checkpoint.write_json(self.out_dir / "results.json", results)
         return results
 
 
