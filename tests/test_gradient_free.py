@@ -154,12 +154,13 @@ def test_hillclimb_is_applied_as_is_whatever_the_optimizer(digits):
 
 
 # Digits, model mlp:64, 20 epochs, seed 0. Measured: es (population 100, sigma 0.05, adam lr
-# 0.01) 93.9%; hillclimb (defaults) 36.4% (seeds 1 and 2: 41.7%). Chance is 10%.
+# 0.01) 93.9%; hillclimb (defaults, 8 proposals a step) 88.3%; with 1 proposal 36.4% (seeds 1
+# and 2: 41.7%). Chance is 10%.
 @pytest.mark.parametrize(
     ("rule", "opts", "extra", "bar"),
     [
         ("es", {"population": 100, "sigma": 0.05}, {"optimizer": "adam", "lr": 0.01}, 0.85),
-        ("hillclimb", {}, {}, 0.25),
+        ("hillclimb", {}, {}, 0.6),
     ],
 )
 def test_gradient_free_rules_beat_chance_on_digits(digits, rule, opts, extra, bar):

@@ -148,7 +148,7 @@ class Payload:
 def test_checkpoints_never_execute_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": checkpoint.FORMAT, "x": Payload()}, path)
-    with pytest.raises(CreditlabError, match="cannot read checkpoint"):
+    with pytest.raises(CreditlabError, match="is not a creditlab checkpoint"):
         checkpoint.load(path)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,10 +126,41 @@ def load_dataset(
     raise UnknownNameError("dataset", spec, DATASETS)
 
 
+# Labels are class indices 0..n-1 and the output layer gets one unit per class: a label far
+# beyond this would build an absurd layer (label 2**31 - 1: two billion units).
+MAX_CLASSES = 100_000
+
+
+def _n_classes(files: idx.IdxFiles) -> int:
+    """The number of classes (largest label + 1), refusing absurd labels and warning when the
+    labels leave most classes empty (often a stray label in a hand-made file)."""
+    for name in (idx.TRAIN_IMAGES, idx.TEST_IMAGES):
+        path, images = files[name]
+        if not len(images):
+            raise UsageError(f"{path} holds 0 images: there is nothing to train or test on")
+    labels = {name: files[name][1] for name in (idx.TRAIN_LABELS, idx.TEST_LABELS)}
+    name, top = max(((n, int(y.max())) for n, y in labels.items()), key=lambda item: item[1])
+    if top + 1 > MAX_CLASSES:
+        raise UsageError(
+            f"{files[name][0]} holds the label {top}, which would need an output layer of "
+            f"{top + 1} units (the limit is {MAX_CLASSES} classes); labels must be class "
+            "indices 0, 1, 2, ..."
+        )
+    used = len(set(np.unique(labels[idx.TRAIN_LABELS])) | set(np.unique(labels[idx.TEST_LABELS])))
+    if top + 1 > 2 * used and top + 1 - used > 10:
+        print(
+            f"creditlab: warning: the labels take {used} distinct values but reach {top} "
+            f"({files[name][0]}): the output layer gets {top + 1} units, {top + 1 - used} of "
+            "them for classes that never occur",
+            file=sys.stderr,
+        )
+    return top + 1
+
+
 def _from_idx(name: str, files: idx.IdxFiles, val_size: int | None, default_val: int) -> Dataset:
+    n_classes = _n_classes(files)
     train_images, train_y = files[idx.TRAIN_IMAGES][1], files[idx.TRAIN_LABELS][1]
     test_images, test_y = files[idx.TEST_IMAGES][1], files[idx.TEST_LABELS][1]
-    n_classes = int(max(train_y.max(initial=0), test_y.max(initial=0))) + 1
     return _split(
         name,
         idx.images_to_float(train_images),
@@ -138,6 +170,7 @@ def _from_idx(name: str, files: idx.IdxFiles, val_size: int | None, default_val:
         default_val if val_size is None else val_size,
         n_classes,
         tuple(int(d) for d in train_images.shape[1:]),
+        default=val_size is None,
     )
 
 
@@ -150,11 +183,23 @@ def _split(
     val_size: int,
     n_classes: int,
     image_shape: tuple[int, ...],
+    default: bool = False,
 ) -> Dataset:
-    """Hold out the last `val_size` training examples for validation and make tensors."""
+    """Hold out the last `val_size` training examples for validation and make tensors;
+    `default` says the size was not given (so the message can say the default is the problem)."""
     n = len(train_x)
     if isinstance(val_size, bool) or not isinstance(val_size, int | np.integer):
         raise UsageError(f"val_size must be an integer, got {val_size!r}")
+    if n < 2:
+        raise UsageError(
+            f"{name} has {n} training example(s): at least 2 are needed, one to train on and "
+            "one to validate on"
+        )
+    if not 0 < val_size < n and default:
+        raise UsageError(
+            f"{name} has only {n} training examples, too few for the default validation "
+            f"split ({val_size} examples); pass --val-size N with N from 1 to {n - 1}"
+        )
     if not 0 < val_size < n:
         raise UsageError(
             f"val_size must be between 1 and {n - 1} for {name} ({n} training examples), "

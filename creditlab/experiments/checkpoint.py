@@ -8,6 +8,7 @@ torch.load(weights_only=True), which refuses anything but tensors and plain cont
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import IO, Any
 
 import torch
 
-from creditlab.errors import CreditlabError
+from creditlab.errors import CreditlabError, UsageError
 
 FORMAT = 1  # bump when the checkpoint layout changes
 
@@ -38,8 +39,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n"
+    """Strict JSON (a NaN or infinity is written as null, which every JSON reader accepts)."""
+    text = json.dumps(_finite_or_null(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _finite_or_null(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
@@ -52,8 +64,40 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CreditlabError(f"no checkpoint at {path}") from None
-    except Exception as err:  # a torn or foreign file: say which, never execute it
-        raise CreditlabError(f"cannot read checkpoint {path}: {err}") from None
+    except Exception as err:  # a torn or foreign file: say so, never execute it
+        # torch's own message advises loading with weights_only=False, which could run code
+        # hidden in the file: it is not passed on.
+        raise UsageError(
+            f"{path} is not a creditlab checkpoint, or it is damaged ({type(err).__name__} "
+            "while reading it safely); move it away, or start the run over with --force"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CreditlabError(f"{path} is not a creditlab checkpoint of format {FORMAT}")
+        raise UsageError(f"{path} is not a creditlab checkpoint of format {FORMAT}")
+    return state
+
+
+# What a training run's checkpoint holds (train.Trainer.save_checkpoint), with its types.
+RUN_KEYS = {
+    "config": dict,
+    "epoch": int,
+    "params": dict,
+    "best_params": dict,
+    "best": dict,
+    "optimizer": dict,
+    "rule": dict,
+    "history": list,
+}
+
+
+def load_run(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A training run's checkpoint, with every part a resumption reads checked first."""
+    state = load(path, map_location)
+    wrong = [key for key, kind in RUN_KEYS.items() if not isinstance(state.get(key), kind)] + (
+        [] if isinstance(state.get("rng"), torch.Tensor) else ["rng"]
+    )
+    if wrong:
+        raise UsageError(
+            f"{path} is not a creditlab run checkpoint: missing or malformed {', '.join(wrong)}; "
+            "move it away, or start the run over with --force"
+        )
     return state

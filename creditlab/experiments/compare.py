@@ -33,7 +33,7 @@ from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
 from creditlab.engine.network import resolve_dtype
 from creditlab.errors import TrainingError, UsageError
-from creditlab.experiments import checkpoint, report
+from creditlab.experiments import checkpoint, folders, report, settings
 from creditlab.experiments.stack import StackError
 from creditlab.experiments.stacked import StackedTrainer, members_that_fit
 from creditlab.experiments.train import TrainConfig, Trainer, differing_fields, targets_for
@@ -118,6 +118,12 @@ def run_config(base: TrainConfig, rule_name: str, opts: dict[str, Any], seed: in
     return dataclasses.replace(base, rule=rule_name, rule_opts=dict(opts), seed=seed)
 
 
+def rule_settings(base: TrainConfig, rule_name: str) -> dict[str, tuple[Any, str]]:
+    """The training settings a rule's runs use, each with its source (user, rule, default)."""
+    config, sources = settings.resolve(dataclasses.replace(base, rule=rule_name))
+    return {key: (getattr(config, key), source) for key, source in sources.items()}
+
+
 def run_dir(out_dir: Path, rule_name: str, seed: int) -> Path:
     return Path(out_dir) / "runs" / f"{rule_name}-seed{seed}"
 
@@ -182,14 +188,14 @@ def run_state(folder: Path, config: TrainConfig) -> tuple[str, list[str]]:
     """What to do with a run folder: ("done", []) when it holds this run's final results,
     ("continue", []) when there is nothing or a checkpoint of this run to go on from,
     ("differs", fields) when it was made with another configuration."""
-    current = _comparable(config.to_dict())
+    current = _comparable(settings.resolve(config)[0].to_dict())  # as the run records it
     saved = _read_json(folder / "config.json")
     if saved is not None:
         differ = differing_fields(_comparable(saved), current)
         if differ:
             return "differs", differ
     results = _read_json(folder / "results.json")
-    if results and results.get("status") in ("finished", "diverged"):
+    if results and results.get("status") in ("finished", "diverged", "stalled"):
         done_with = _comparable(results.get("config", {}))
         if not differing_fields(done_with, current) and done_with.get("epochs") == config.epochs:
             return "done", []
@@ -278,10 +284,16 @@ def compare(
             f"(rules compared: {', '.join(rules)})"
         )
     opts, resolved = check_rule_options(rules, rule_opts)
+    folders.check_writable(out_dir)
     previous = _read_json(out_dir / "results.json")
     if previous is not None and previous.get("kind") != KIND:
         raise UsageError(
             f"{out_dir / 'results.json'} is not a compare's results; choose another --out"
+        )
+    if previous is None and out_dir.is_dir() and not folders.is_empty(out_dir):
+        raise UsageError(
+            f"--out {out_dir} is not empty and holds no compare; the report would mix its files "
+            "with what is there. Choose a new or empty folder"
         )
     runs = [
         (name, seed, run_config(configs.get(name, base), name, opts[name], seed))
@@ -294,10 +306,16 @@ def compare(
         state, differ = run_state(run_dir(out_dir, name, seed), config)
         if state == "differs" and not force:
             blocked.append(f"{run_dir(out_dir, name, seed)}: {'; '.join(differ)}")
+        trained = _epochs_trained(run_dir(out_dir, name, seed)) if state == "continue" else 0
+        if trained > config.epochs and not force:
+            blocked.append(
+                f"{run_dir(out_dir, name, seed)}: has trained {trained} epochs, more than the "
+                f"{config.epochs} asked for"
+            )
     if blocked:
         raise UsageError(
-            "run folder(s) made with another configuration (pass --force to start them over, "
-            "or choose another --out):\n  " + "\n  ".join(blocked)
+            "run folder(s) made with another configuration or longer (pass --force to start "
+            "them over, or choose another --out):\n  " + "\n  ".join(blocked)
         )
     if data is None:
         data = load_dataset(base.dataset, base.data_dir, base.val_size, progress)
@@ -315,6 +333,7 @@ def compare(
             "seeds": seeds,
             "rule_opts": opts,
             "rule_options": resolved,
+            "rule_settings": {name: rule_settings(base, name) for name in rules},
             "config": {
                 k: v for k, v in base.to_dict().items() if k not in ("rule", "rule_opts", "seed")
             },
@@ -338,7 +357,10 @@ def compare(
             }
             for name, c in configs.items()
         }
-    checkpoint.write_json(out_dir / "results.json", record)
+    try:
+        checkpoint.write_json(out_dir / "results.json", record)
+    except OSError as err:  # read-only, no space: say where, before any run trains
+        raise UsageError(f"cannot write the compare into {out_dir}: {err}") from None
     memory = PeakMemory(device)
     if pool is not None:
         _run_on_pool(pool, runs, out_dir, data, memory, force, log, record)
@@ -374,7 +396,8 @@ def _run(
         results = _read_json(folder / "results.json")
         log(f"{where}: {results['status']} earlier, kept")
         return results
-    if state == "differs":  # only reached with force (compare() refuses otherwise)
+    if state == "differs" or (force and _epochs_trained(folder) > config.epochs):
+        # only reached with force (compare() refuses otherwise)
         log(f"{where}: starting over (--force; the folder held another configuration)")
         shutil.rmtree(folder)
     trainer = Trainer(config, folder, progress=progress, log=log, data=data)
@@ -511,6 +534,13 @@ def _check_not_beyond(trainer: Trainer, folder: Path) -> None:
             f"{trainer.config.epochs} asked for; pass --force to start it over, or choose "
             "another --out"
         )
+
+
+def _epochs_trained(folder: Path) -> int:
+    """Epochs a run folder's checkpoint holds (0 without one); a damaged one is refused here,
+    before the compare writes anything."""
+    path = folder / "checkpoint.pt"
+    return checkpoint.load_run(path)["epoch"] if path.exists() else 0
 
 
 def _try_rule_on_network(config: TrainConfig, data: Dataset) -> None:

@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from creditlab.engine.activations import ACTIVATIONS, LEAKY_SLOPE
 from creditlab.engine.losses import LOSSES
 from creditlab.engine.network import Network, bias_name, weight_name
+from creditlab.errors import UsageError
 from creditlab.rules import rule
 
 Tensor = torch.Tensor
+MAX_SEED = 2**32 - 1000  # seeds are mixed as seed * 1000 + trial into a 64-bit generator seed
 
 REFERENCE_ACTIVATIONS = {
     "identity": lambda s: s,
@@ -185,11 +187,30 @@ class CheckResult:
     # parameter -> (vs finite differences, vs autograd); the first is nan where finite
     # differences do not apply (routing_gradient=False is not the loss's gradient by design).
     errors: dict[str, tuple[float, float]]
+    fd_applies: bool = True
 
     def worst(self) -> tuple[float, float]:
-        fd = max((e[0] for e in self.errors.values() if not math.isnan(e[0])), default=math.nan)
-        ag = max(e[1] for e in self.errors.values())
-        return fd, ag
+        """The largest errors; NaN if any error is NaN (a NaN must never pass for small).
+        Where finite differences do not apply, the first is None."""
+        fd = worst_of(e[0] for e in self.errors.values()) if self.fd_applies else None
+        return fd, worst_of(e[1] for e in self.errors.values())
+
+
+def worst_of(errors) -> float:
+    errors = list(errors)
+    return math.nan if any(math.isnan(e) for e in errors) else max(errors, default=0.0)
+
+
+def within(error: float | None, tolerance: float) -> bool:
+    """error <= tolerance, and False for NaN (NaN compares false both ways); None (a check
+    that does not apply) passes."""
+    return error is None or error <= tolerance
+
+
+def check_tolerance(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{name} must be a finite number above 0, got {value}")
+    return value
 
 
 def exact_gradient(net: Network) -> bool:
@@ -205,7 +226,7 @@ def check_network(net: Network, x: Tensor, y: Tensor, case: str) -> CheckResult:
         k: (relative_error(ours[k], fd[k]) if fd else math.nan, relative_error(ours[k], ag[k]))
         for k in ours
     }
-    return CheckResult(case, errors)
+    return CheckResult(case, errors, fd_applies=fd is not None)
 
 
 def random_conv_net(seed: int, loss: str = "cross_entropy") -> Network:
@@ -282,6 +303,10 @@ def _random_biases(net: Network, seed: int) -> None:
 def run(trials: int = 6, seed: int = 0, batch: int = 5) -> list[CheckResult]:
     """Random DAGs covering every activation (hidden and output) and every loss; random
     convolutional graphs; random capsule networks in both routing modes."""
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise UsageError(f"trials must be a positive integer, got {trials!r}")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny networks: threads only fight (and slow 100-fold on a busy CPU)
     try:

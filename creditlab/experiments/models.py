@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -29,16 +30,20 @@ MODEL_KINDS = ("mlp:H1-H2-...", "skip:H1-H2-...", "lenet", "capsnet", "capsnet:s
 CAPSNETS = {"capsnet": (256, 32), "capsnet:small": (64, 8)}
 
 
+# Sizes as a person writes them: digits only, no sign, space, underscore or leading zero
+# (int() would accept " 32", "+32" and "3_2", which are typos more often than intent).
+SIZES = re.compile(r"[1-9][0-9]*(-[1-9][0-9]*)*")
+
+
 def _hidden_sizes(text: str, model: str) -> list[int]:
     if not text:
         return []
-    try:
-        sizes = [int(part) for part in text.split("-")]
-    except ValueError:
-        sizes = []
-    if not sizes or min(sizes) < 1:
-        raise UsageError(f"bad hidden sizes in model {model!r}; write e.g. mlp:800-800")
-    return sizes
+    if not SIZES.fullmatch(text):
+        raise UsageError(
+            f"bad hidden sizes in model {model!r}: write positive whole numbers joined by '-', "
+            "e.g. mlp:800-800"
+        )
+    return [int(part) for part in text.split("-")]
 
 
 def build_model(
@@ -176,17 +181,71 @@ def skip_network(
     return net
 
 
-def _from_json(path: Path, input_size: int, n_outputs: int, dtype, device, seed) -> Network:
+def _read_spec(path: Path) -> dict:
+    """The JSON object in `path`, or a UsageError saying what is wrong with the file."""
+    if path.is_dir():
+        raise UsageError(f"model file {path} is a folder, not a JSON file")
     try:
-        spec = json.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+        spec = json.loads(text)
     except FileNotFoundError:
         raise UsageError(f"model file {path} does not exist") from None
+    except OSError as err:
+        raise UsageError(f"cannot read model file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(
+            f"model file {path} is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
     except json.JSONDecodeError as err:
         raise UsageError(f"model file {path} is not valid JSON: {err}") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("groups"), list):
         raise UsageError(f"model file {path} needs an object with a 'groups' list")
+    _check_spec_types(spec, path)
+    return spec
+
+
+# The fields of a group in a JSON spec and the types each may hold.
+GROUP_FIELDS = {
+    "name": (str,),
+    "size": (int, str),
+    "ins": (list,),
+    "activation": (str,),
+    "init": (str, type(None)),
+    "dropout": (int, float),
+}
+
+
+def _check_spec_types(spec: dict, path: Path) -> None:
+    """Types first, so a malformed file gets a message naming the field, not a traceback."""
+    if not isinstance(spec.get("output"), str):
+        raise UsageError(f"model file {path}: 'output' must be the name of a group (a string)")
+    if "loss" in spec and not isinstance(spec["loss"], str):
+        raise UsageError(f"model file {path}: 'loss' must be a string, got {spec['loss']!r}")
+    for k, group in enumerate(spec["groups"]):
+        where = f"model file {path}, group {k + 1}"
+        if not isinstance(group, dict):
+            raise UsageError(
+                f"{where}: a group must be an object like "
+                '{"name": "h1", "size": 64, "ins": ["x"]}, got ' + repr(group)
+            )
+        for field in ("name", "size"):
+            if field not in group:
+                raise UsageError(f"{where}: missing field {field!r}")
+        for field, kinds in GROUP_FIELDS.items():
+            value = group.get(field)
+            if field in group and (isinstance(value, bool) or not isinstance(value, kinds)):
+                names = " or ".join("null" if t is type(None) else t.__name__ for t in kinds)
+                raise UsageError(f"{where}: {field!r} must be {names}, got {value!r}")
+        if isinstance(group["size"], str) and group["size"] != "auto":
+            raise UsageError(f"{where}: 'size' must be a number or \"auto\", got {group['size']!r}")
+        if not all(isinstance(i, str) for i in group.get("ins", [])):
+            raise UsageError(f"{where}: 'ins' must list group names (strings)")
+
+
+def _from_json(path: Path, input_size: int, n_outputs: int, dtype, device, seed) -> Network:
+    spec = _read_spec(path)
     for group in spec["groups"]:
-        if isinstance(group, dict) and group.get("size") == "auto":
+        if group.get("size") == "auto":
             group["size"] = n_outputs if group.get("name") == spec.get("output") else input_size
     net = Network.from_spec(spec, dtype=dtype, device=device, seed=seed)
     if net.input_size != input_size:

@@ -16,6 +16,7 @@ import html
 import io
 import math
 import statistics
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +126,8 @@ def tables(record: dict[str, Any]) -> list[Table]:
         [],
         [
             "test error: of the parameters of each run's best validation epoch, mean ± standard "
-            "deviation over the seeds of the finished runs (diverged runs are counted under "
-            "'runs' and left out of the means).",
+            "deviation over the seeds of the finished runs (diverged and stalled runs are counted "
+            "under 'runs' and left out of the means).",
             "best val. epoch: mean over seeds. s / epoch: training time alone (no evaluation, "
             "no probes), mean over epochs and seeds.",
             memory_note,
@@ -134,12 +135,13 @@ def tables(record: dict[str, Any]) -> list[Table]:
     )
     for name, runs in groups.items():
         finished = [r for r in runs if r.get("status") == "finished"]
-        diverged = len(runs) - len(finished)
+        failed = Counter(r.get("status", "?") for r in runs if r.get("status") != "finished")
         peaks = _finite([_peak_mib(r) for r in runs])
         summary.rows.append(
             [
                 name,
-                f"{len(runs)}" + (f" ({diverged} diverged)" if diverged else ""),
+                f"{len(runs)}"
+                + (f" ({', '.join(f'{n} {st}' for st, n in failed.items())})" if failed else ""),
                 _mean_std([100 * r["test_error"] for r in finished]),
                 _fmt(_mean([r["best_epoch"] for r in finished]), 1),
                 _fmt(_mean([_seconds_per_epoch(r) for r in runs]), 3),
@@ -370,8 +372,9 @@ def _setting_lines(record: dict[str, Any]) -> list[str]:
     s, c = record["settings"], record["settings"]["config"]
     lines = [
         f"Dataset {c['dataset']}, model {c['model']} ({c['activation']}, {c['loss']}), "
-        f"{c['epochs']} epochs of batch {c['batch_size']}, optimizer {c['optimizer']} "
-        f"(lr {c['lr']}, schedule {c['schedule']}), {c['dtype']} on {s['device']}.",
+        f"{c['epochs']} epochs of batch {c['batch_size']}, optimizer {_per_rule(c['optimizer'])} "
+        f"(lr {_per_rule(c['lr'])}, schedule {_per_rule(c['schedule'])}), {c['dtype']} on "
+        f"{s['device']}.",
         f"Seeds {', '.join(map(str, s['seeds']))}: on each seed every rule starts from the same "
         "initial forward weights and sees the same batches in the same order.",
         f"Alignment probed every {c['probe_every']} steps on the first {c['probe_size']} "
@@ -398,7 +401,18 @@ def _option_rows(record: dict[str, Any]) -> Table:
         given = s["rule_opts"].get(name, {})
         for key, value in s["rule_options"].get(name, {}).items():
             table.rows.append([name, key, repr(value), "--rule-opt" if key in given else "default"])
+        # Training settings left unset take each rule's recommendation (settings.py).
+        for key, (value, source) in s.get("rule_settings", {}).get(name, {}).items():
+            table.rows.append([name, key, repr(value), SOURCES.get(source, source)])
     return table
+
+
+SOURCES = {"user": "command line", "rule": "rule's recommendation", "default": "default"}
+
+
+def _per_rule(value: Any) -> str:
+    """A compare setting; unset ones were each rule's recommendation."""
+    return "per rule (see Rule options)" if value is None else str(value)
 
 
 def markdown(record: dict[str, Any], plot_list: list[Plot]) -> str:

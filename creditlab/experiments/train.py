@@ -29,7 +29,7 @@ from creditlab.engine.devices import resolve_device
 from creditlab.engine.losses import loss as lookup_loss
 from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
-from creditlab.experiments import checkpoint
+from creditlab.experiments import checkpoint, folders, guards, settings
 from creditlab.experiments.capsules import write_reconstructions
 from creditlab.experiments.captured import CompiledStep, compile_problem
 from creditlab.experiments.diagnostics import probe
@@ -41,6 +41,9 @@ Tensor = torch.Tensor
 
 # Fields that may change between a run and its resumption without changing its course.
 FREE_ON_RESUME = ("data_dir", "device")
+# Seeds are mixed as seed * 1_000_003 + small offsets into 64-bit generator seeds: keep them small
+# enough that this cannot overflow.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -59,13 +62,14 @@ class TrainConfig:
     augment: str | None = None  # "shift:K": training images shifted by up to K pixels
     rule: str = "bp"
     rule_opts: dict[str, Any] = field(default_factory=dict)
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
+    # None: unset, to be filled from the rule's recommendation or the default (settings.py).
+    optimizer: str | None = None
+    lr: float | None = None
+    momentum: float | None = None
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "constant"
+    schedule: str | None = None
     warmup_epochs: float = 0.0
     step_epochs: int = 10
     gamma: float = 0.1
@@ -84,14 +88,37 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("probe_every", "probe_size"):
+        for name, low in (("probe_every", 0), ("probe_size", 1)):  # probe_every 0: no probes
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UsageError(f"{name} must be an integer >= 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
         if self.patience is not None and self.patience < 1:
             raise UsageError(f"patience must be a positive integer, got {self.patience}")
-        if not (self.lr >= 0 and math.isfinite(self.lr)):
-            raise UsageError(f"lr must be a finite number >= 0, got {self.lr}")
+        if self.train_subset is not None and (
+            isinstance(self.train_subset, bool)
+            or not isinstance(self.train_subset, int)
+            or self.train_subset < 1
+        ):
+            raise UsageError(f"train_subset must be a positive integer, got {self.train_subset!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
+        _check_number("lr", self.lr, 0.0)
+        _check_number("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _check_number("weight_decay", self.weight_decay, 0.0)
+        # The schedule's own settings: a negative or growing decay, a negative floor or a
+        # floor above the rate would each make the learning rate do what nobody asked for.
+        _check_number("gamma", self.gamma, 0.0, 1.0, low_open=True)
+        _check_number("min_lr", self.min_lr, 0.0)
+        _check_number("warmup_epochs", self.warmup_epochs, 0.0)
+        if isinstance(self.step_epochs, bool) or not isinstance(self.step_epochs, int):
+            raise UsageError(f"step_epochs must be a positive integer, got {self.step_epochs!r}")
+        if self.step_epochs < 1:
+            raise UsageError(f"step_epochs must be a positive integer, got {self.step_epochs}")
+        if self.schedule == "cosine" and self.lr is not None and self.min_lr > self.lr:
+            raise UsageError(
+                f"min_lr ({self.min_lr}) is above lr ({self.lr}): the cosine schedule would "
+                "raise the rate; give a min_lr <= lr"
+            )
         resolve_dtype(self.dtype)
         parse_augment(self.augment)
         self.betas = tuple(self.betas)
@@ -105,6 +132,28 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _check_number(
+    name: str,
+    value: float | None,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Refuse a setting that is not a finite number in [low, high] (ends open as asked);
+    None (unset) passes."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"{name} must be a number, got {value!r}")
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if not math.isfinite(value) or below or above:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise UsageError(f"{name} must be a finite number in {span}, got {value}")
 
 
 def differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -130,7 +179,7 @@ def load_for_resume(
     on resume); None when there is none; UsageError naming the differing fields otherwise."""
     if path is None or not path.exists():
         return None
-    state = checkpoint.load(path, map_location=device)
+    state = checkpoint.load_run(path, map_location=device)
     differ = differing_fields(state["config"], config)
     if differ:
         raise UsageError(
@@ -190,6 +239,8 @@ class Trainer:
         data: Dataset | None = None,
         compile: bool = False,
     ):
+        # Unset settings take the rule's recommendation, else the default; sources say which.
+        config, self.sources = settings.resolve(config)
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress, self.log = progress, log
@@ -249,6 +300,9 @@ class Trainer:
         self.best: dict[str, Any] = {"epoch": 0, "val_accuracy": -1.0}
         self.best_params = self.net.copy_parameters()
         self.epoch = 0  # epochs finished
+        self.loss_reference: float | None = None  # the first batch's loss (guards.py)
+        self.chance = guards.chance_rate(self.data.val_y, self.data.n_classes)
+        self.warnings: list[str] = []
 
     def _rule_step(self, compile: bool) -> Callable:
         """rule.updates, or with `compile` its compiled form where the rule allows it."""
@@ -280,6 +334,8 @@ class Trainer:
                 "rule": self.rule.state_dict(),
                 "rng": self.net.rng.get_state(),
                 "history": self.history,
+                "loss_reference": self.loss_reference,
+                "warnings": self.warnings,
             },
         )
 
@@ -288,6 +344,12 @@ class Trainer:
         state = load_for_resume(self.checkpoint_path, self.config.to_dict(), self.device)
         if state is None:
             return False
+        if state["epoch"] > self.config.epochs:
+            raise UsageError(
+                f"{self.out_dir} has trained {state['epoch']} epochs, more than the "
+                f"{self.config.epochs} asked for; resuming cannot undo epochs. Pass --epochs "
+                f"{state['epoch']} or more, --force to start it over, or choose another --out"
+            )
         self.net.load_parameters(state["params"])
         self.best_params = {k: v.to(self.device) for k, v in state["best_params"].items()}
         self.best = state["best"]
@@ -296,6 +358,8 @@ class Trainer:
         self.net.rng.set_state(state["rng"])
         self.history = state["history"]
         self.epoch = state["epoch"]
+        self.loss_reference = state.get("loss_reference")
+        self.warnings = list(state.get("warnings", []))
         return True
 
     # ---- the loop -------------------------------------------------------------------------
@@ -315,15 +379,25 @@ class Trainer:
             self.finish_epoch(record)
         if self.epoch < config.epochs and not self._patience_ran_out():
             return {"status": "paused", "epochs": self.epoch, "history": self.history}
+        if guards.near_chance(self.best["val_accuracy"], self.chance):
+            message = guards.stalled_message(
+                self.best["val_accuracy"], self.chance, self.epoch, True
+            )
+            self._warn(message)
+            return self._write_results(status="stalled", message=message)
         return self._write_results(status="finished")
 
     def prepare_folder(self) -> None:
         if self.out_dir:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint.write_json(self.out_dir / "config.json", self.config_record())
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                checkpoint.write_json(self.out_dir / "config.json", self.config_record())
+            except OSError as err:  # read-only, a file in the way, no space: say where
+                raise UsageError(f"cannot write the run into {self.out_dir}: {err}") from None
 
     def finish_epoch(self, record: dict[str, Any]) -> None:
-        """Book an epoch's record: history, the best model so far, the checkpoint."""
+        """Book an epoch's record: history, the best model so far, the stall warning after the
+        first epoch, the checkpoint."""
         self.epoch += 1
         self.history.append(record)
         if record["val_accuracy"] > self.best["val_accuracy"]:
@@ -332,8 +406,14 @@ class Trainer:
                 "val_accuracy": record["val_accuracy"],
             }
             self.best_params = self.net.copy_parameters()
+        if self.epoch == 1 and guards.near_chance(record["val_accuracy"], self.chance):
+            self._warn(guards.stalled_message(record["val_accuracy"], self.chance, 1, False))
         if self.out_dir:
             self.save_checkpoint()
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        self.log(f"creditlab: warning: {message}")
 
     def _patience_ran_out(self) -> bool:
         patience = self.config.patience
@@ -377,6 +457,8 @@ class Trainer:
             if self.rule.last_loss is not None:
                 losses[step] = self.rule.last_loss
                 recorded += 1
+                if self.loss_reference is None:  # the first batch, before any update
+                    self.loss_reference = float(self.rule.last_loss)
             for key, value in self.rule.metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
             if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
@@ -415,21 +497,14 @@ class Trainer:
         return record
 
     def _check_finite(self, losses: Tensor, first: int, last: int, epoch: int) -> None:
-        window = losses[first:last]
-        bad = ~torch.isfinite(window)
-        if bool(bad.any()):
-            step = first + int(bad.nonzero()[0]) + 1
-            value = float(window[step - first - 1])
-            where = f"epoch {epoch}, step {step}"
-            kept = (
-                f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept"
-                if self.out_dir and self.epoch
-                else "no checkpoint was written"
-            )
-            raise TrainingError(
-                f"training stopped: the loss became {value} at {where}; {kept}. "
-                "Try a smaller learning rate."
-            )
+        """Stop on a non-finite or exploding loss (guards.py), saying what is kept on disk."""
+        kept = (
+            f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept"
+            if self.out_dir and self.epoch
+            else "no checkpoint was written"
+        )
+        reference = math.nan if self.loss_reference is None else self.loss_reference
+        guards.check_losses(losses, first, last, epoch, reference, kept)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -439,12 +514,14 @@ class Trainer:
     def config_record(self) -> dict[str, Any]:
         record = self.config.to_dict()
         record.update(
+            kind=folders.TRAIN_KIND,
             device_used=str(self.device),
             compiled=self.compiled,
             rule_options=dict(self.rule.opts),
             optimizer_used="sgd, lr 1 (the rule applies its own step)"
             if self.rule.applies_own_step
             else self.config.optimizer,
+            settings_source=dict(self.sources),
             network=self.net.spec(),
             n_parameters=sum(p.numel() for p in self.params.values()),
         )
@@ -477,8 +554,9 @@ class Trainer:
         }
         if message:
             results["message"] = message
-        if self.out_dir:
-            checkpoint.write_json(self.out_dir / "results.json", results)
+        if self.warnings:
+            results["warnings"] = list(self.warnings)
+        if self.out_dir:  # results last: a run whose results are written is whole
             checkpoint.save(
                 self.out_dir / "best.pt",
                 {"params": self.best_params, "network": self.net.spec()},
@@ -488,6 +566,7 @@ class Trainer:
                 self.net, data.test_x, data.image_shape, self.out_dir / "recon.png"
             )
             self.net.load_parameters(current)
+            checkpoint.write_json(self.out_dir / "results.json", results)
         return results
 
 
@@ -502,11 +581,20 @@ def _to_device(value: Any, device: torch.device) -> Any:
 
 
 def train(
-    config: TrainConfig, out_dir=None, resume=False, progress=True, log=print, compile=False
+    config: TrainConfig,
+    out_dir=None,
+    resume=False,
+    progress=True,
+    log=print,
+    force=False,
+    compile=False,
 ) -> dict:
-    """Build and run one configuration; with resume, continue from out_dir's checkpoint.
-    With compile, each step's forward pass and updates run compiled (experiments/captured.py)."""
+    """Build and run one configuration; with resume, continue from out_dir's checkpoint; with
+    force, clear out_dir's old run first (only once everything has been checked). With
+    compile, each step's forward pass and updates run compiled (experiments/captured.py)."""
     trainer = Trainer(config, out_dir, progress, log, compile=compile)
-    if resume and not trainer.restore():
+    if force and out_dir is not None:
+        folders.clear_run(Path(out_dir))
+    elif resume and not trainer.restore():
         log(f"no checkpoint in {out_dir}; starting a new run")
     return trainer.fit()

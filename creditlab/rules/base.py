@@ -36,6 +36,9 @@ class Rule:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
+    # Training settings this rule learns well with (optimizer, lr, momentum, weight_decay,
+    # schedule; see creditlab/experiments/settings.py); they apply wherever the user sets none.
+    recommended: ClassVar[dict[str, Any]] = {}
     options: ClassVar[dict[str, Option]] = {}
     # What a tune searches: name -> (low, high, "log" | "linear") or [choices], over the
     # options and the training settings (see rules/machinery/space.py).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from creditlab.engine.backward import error_sweep, transpose_feedback, weight_updates
 from creditlab.rules.base import Rule
@@ -14,6 +14,7 @@ class Backprop(SweepSignals, Rule):
     name = "bp"
     summary = "backpropagation: errors return along W^T, the exact gradient"
     any_kind = True
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     search_space: ClassVar[SearchSpace] = optimiser_space()
 
     def updates(self, net, x, y):

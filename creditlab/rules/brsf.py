@@ -10,7 +10,7 @@ is saved, so a resumed run draws the same magnitudes.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -32,6 +32,7 @@ from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 class BatchRandomSignFeedback(FeedbackRule):
     name = "brsf"
     summary = "sign-concordant feedback: sign(W)^T times magnitudes redrawn every batch"
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
     search_space: ClassVar[SearchSpace] = {**optimiser_space(), "scale": (0.25, 4.0, "log")}
 

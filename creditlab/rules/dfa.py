@@ -26,7 +26,7 @@ apply.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -50,6 +50,7 @@ class DirectFeedbackAlignment(Rule):
     name = "dfa"
     summary = "direct feedback alignment: the output error reaches each hidden group via fixed B_j"
     any_kind = True
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {
         "scale": scale_option(
             0.5, "std of B_j as a multiple of the output group's initial weights' std (> 0)"

@@ -34,6 +34,8 @@ from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 class DNI(Rule):
     name = "dni"
     summary = "decoupled neural interfaces: blocks update with learned synthetic error signals"
+    # SGD with momentum at lr 0.05 makes the synthetic signals run away (see above).
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "adam", "lr": 1e-3}
     options: ClassVar[dict[str, Option]] = {
         "boundaries": Option(
             tuple, (), "comma-separated hidden groups that end a block (default: every one)"

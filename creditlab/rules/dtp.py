@@ -37,7 +37,7 @@ V_k here is an inverse, not a transpose).
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -61,6 +61,7 @@ Tensor = torch.Tensor
 class DifferenceTargetPropagation(Rule):
     name = "dtp"
     summary = "difference target propagation: layer targets carried down by learned inverses"
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {
         "beta": Option(float, 0.1, "target step size: the top target is z - beta * dE/dz"),
         "top": Option(

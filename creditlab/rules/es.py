@@ -15,7 +15,7 @@ population times the number of parameters; metrics report it.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -41,6 +41,8 @@ def centred_ranks(losses: torch.Tensor) -> torch.Tensor:
 class EvolutionStrategies(Rule):
     name = "es"
     summary = "evolution strategies: antithetic Gaussian perturbations, rank-shaped fitness"
+    # The estimated gradient is noisy and small: Adam's per-parameter scaling suits it.
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "adam", "lr": 0.01}
     options = {
         "population": Option(int, 100, "members per step (antithetic pairs, so even)"),
         "sigma": Option(float, 0.02, "standard deviation of the perturbations"),

@@ -18,7 +18,7 @@ inflate the hidden activity on which the output layer's exact step acts.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from creditlab.engine.network import Network, weight_name
 from creditlab.rules.base import Option
@@ -41,6 +41,7 @@ from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 class FeedbackAlignment(FeedbackRule):
     name = "fa"
     summary = "feedback alignment: errors return along fixed random matrices B in W^T's place"
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {
         "scale": scale_option(0.5, "std of B as a multiple of the std of W's initialisation (> 0)"),
         "distribution": distribution_option(),

@@ -37,7 +37,7 @@ hidden groups of (mean G_j on positive rows - on negative rows) / size_j).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -70,6 +70,8 @@ class ForwardForward(Rule):
     name = "ff"
     summary = "forward-forward: each hidden group tells true-label inputs from wrong-label ones"
     own_readout = True
+    # Under SGD at lr 0.05 the goodness of every layer saturates within an epoch.
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "adam", "lr": 1e-3}
     options = {
         "readout": Option(
             str,

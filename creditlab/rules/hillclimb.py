@@ -22,7 +22,7 @@ overflowed. Counted per proposal at 24% the loss still climbed (1.1 at epoch 10,
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -37,11 +37,15 @@ class HillClimb(Rule):
     name = "hillclimb"
     summary = "hill climbing: keep a random perturbation only if the batch loss falls"
     applies_own_step = True
+    # It applies its own step (no optimiser, no lr); its options are its settings.
+    recommended: ClassVar[dict[str, Any]] = {}
     options = {
         "step": Option(float, 0.01, "initial standard deviation of a proposal"),
         "grow": Option(float, 1.05, "step size factor per improving proposal"),
         "shrink": Option(float, 0.96, "step size factor per proposal that does not improve"),
-        "proposals": Option(int, 1, "perturbations scored per step; the best is kept"),
+        # 8, not 1: on digits (mlp:64, 20 epochs) one proposal a step reached 36% test
+        # accuracy and eight 88%, for about twice the time (they are scored in one pass).
+        "proposals": Option(int, 8, "perturbations scored per step; the best is kept"),
     }
     # Its own step is applied as is: no optimiser settings to search.
     search_space: ClassVar[SearchSpace] = {

@@ -38,6 +38,7 @@ Tensor = torch.Tensor
 class PredictiveCoding(Rule):
     name = "pc"
     summary = "predictive coding: value nodes relax to lower prediction errors, local updates"
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {
         "steps": Option(int, 20, "T: inference steps (value-node updates) per batch, >= 1"),
         "rate": Option(float, 0.1, "inference rate: the size of each value-node step, in (0, 1]"),

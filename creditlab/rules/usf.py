@@ -8,7 +8,7 @@ creditlab.rules.machinery.feedback.SignConcordant.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from creditlab.rules.base import Option
 from creditlab.rules.machinery.feedback import FeedbackRule, SignConcordant, positive, scale_option
@@ -19,6 +19,7 @@ from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 class UniformSignFeedback(FeedbackRule):
     name = "usf"
     summary = "uniform sign-concordant feedback: errors return along sign(W)^T, W's norm"
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
     search_space: ClassVar[SearchSpace] = {**optimiser_space(), "scale": (0.25, 4.0, "log")}
 
