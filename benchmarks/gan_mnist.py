@@ -5,7 +5,7 @@ Generator 100-256-512-1024-784 (leaky ReLU, slope 0.01, tanh output), discrimina
 one D step per G step. Both start from the same weights (copied from creditlab's networks into
 nn.Linear), see the same real batches and the same latent noise, and train in alternating epochs
 in one process, so they share the machine's state. Both are judged every epoch by the same
-classifier (creditlab.experiments.gan_eval) on the same fixed latent batch of 10,000.
+classifier (creditlab.experiments.gan.scoring) on the same fixed latent batch of 10,000.
 
 The PyTorch side is the loop of PyTorch's DCGAN example: D on the real batch and on the
 detached fake batch (two backward passes), then G through D; nn.Module, autograd, torch.optim.
@@ -30,8 +30,8 @@ import torch.nn.functional as F
 
 from creditlab.data import load_dataset
 from creditlab.engine.devices import resolve_device
-from creditlab.experiments import gan_eval, gan_report
-from creditlab.experiments.gan import GanConfig, GanTrainer, to_unit
+from creditlab.experiments.gan import pictures, scoring
+from creditlab.experiments.gan.loop import GanConfig, GanTrainer, to_unit
 from creditlab.experiments.train import epoch_permutation
 
 
@@ -124,7 +124,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     device = resolve_device(args.device)
     data = load_dataset("mnist", progress=False)
-    judge = gan_eval.load_judge(data, gan_eval.data_folder_of("mnist", None), device)
+    judge = scoring.load_judge(data, scoring.data_folder_of("mnist", None), device)
     out = Path(args.out)
     summary: dict = {"device": str(device), "threads": torch.get_num_threads(), "runs": {}}
     if not args.only_ours:
@@ -195,8 +195,8 @@ def race(args, data, judge, device, out: Path) -> dict:
             f"{shares_text(row['shares_ours'])} / {shares_text(row['shares_torch'])}",
             flush=True,
         )
-        grid = gan_report.to_uint8(plain.generate(ours.grid_latent), ours.image_shape)
-        gan_report.write_grid(out / "pytorch" / f"epoch-{epoch:03d}.png", grid)
+        grid = pictures.to_uint8(plain.generate(ours.grid_latent), ours.image_shape)
+        pictures.write_grid(out / "pytorch" / f"epoch-{epoch:03d}.png", grid)
         # every epoch's row on disk at once, so a run stopped early keeps its figures
         (out / "race-rows.json").write_text(json.dumps(rows, indent=1) + "\n")
     ours._write_results(status="finished")

@@ -265,7 +265,7 @@ def cmd_compare(args) -> int:
 
 
 def _open_pool(args):
-    from creditlab.experiments.ray_backend import open_pool
+    from creditlab.experiments.sweeps.ray_backend import open_pool
 
     gpus = args.gpus_per_trial
     if gpus is None:  # a trial on CUDA asks for a whole GPU unless told otherwise
@@ -274,7 +274,8 @@ def _open_pool(args):
 
 
 def cmd_tune(args) -> int:
-    from creditlab.experiments import compare, tune
+    from creditlab.experiments import compare
+    from creditlab.experiments.sweeps import tune
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
     rules = compare.rule_list(args.rules)
@@ -537,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rules", help="list the learning rules and their options")
     p.set_defaults(func=cmd_rules)
 
-    from creditlab.experiments import gan_cli
+    from creditlab.experiments.gan import cli as gan_cli
 
     gan_cli.register(sub)  # gan, sample, gan-compare
     return parser

@@ -16,10 +16,10 @@ import torch
 
 from creditlab.data import load_dataset
 from creditlab.engine.network import weight_name
-from creditlab.experiments import gan_eval
-from creditlab.experiments.fid import Gaussian, frechet_distance
-from creditlab.experiments.gan import GanConfig, GanTrainer, train_gan
-from creditlab.experiments.gan_losses import GAN_LOSSES
+from creditlab.experiments.gan import scoring
+from creditlab.experiments.gan.fid import Gaussian, frechet_distance
+from creditlab.experiments.gan.loop import GanConfig, GanTrainer, train_gan
+from creditlab.experiments.gan.losses import GAN_LOSSES
 from tests.conftest import Interrupt
 from tests.test_gan_signals import reference_output
 
@@ -39,7 +39,7 @@ def judge(digits_data, judge_cache):
     old = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(judge_cache)
     try:
-        return gan_eval.load_judge(digits_data, None, torch.device("cpu"), False, lambda _: None)
+        return scoring.load_judge(digits_data, None, torch.device("cpu"), False, lambda _: None)
     finally:
         if old is None:
             del os.environ["XDG_CACHE_HOME"]
@@ -103,7 +103,7 @@ def test_judge_is_accurate_cached_and_verified(digits_data, judge, judge_cache, 
     assert judge.path.parent == judge_cache / "creditlab" / "judges"
     monkeypatch.setenv("XDG_CACHE_HOME", str(judge_cache))
     messages = []
-    again = gan_eval.load_judge(digits_data, None, torch.device("cpu"), False, messages.append)
+    again = scoring.load_judge(digits_data, None, torch.device("cpu"), False, messages.append)
     assert again.sha256 == judge.sha256 and not messages  # loaded, not trained
     for name, p in again.net.parameters().items():
         assert torch.equal(p, judge.net.parameters()[name])
@@ -116,7 +116,7 @@ def test_a_corrupt_judge_is_trained_again(digits_data, judge, tmp_path, monkeypa
     target.write_bytes(judge.path.read_bytes()[:-10] + b"0123456789")  # a damaged copy
     target.with_name(target.name + ".sha256").write_text(judge.sha256 + "\n")
     messages = []
-    fresh = gan_eval.load_judge(digits_data, None, torch.device("cpu"), False, messages.append)
+    fresh = scoring.load_judge(digits_data, None, torch.device("cpu"), False, messages.append)
     assert any("fails its checksum" in m for m in messages)
     assert fresh.sha256 == judge.sha256  # trained again, deterministically, and saved over it
     assert target.read_bytes() == judge.path.read_bytes()
@@ -128,27 +128,27 @@ def test_judges_go_to_the_cache_and_beside_the_data_only_when_it_cannot_be_writt
     data, data_folder = digits_data.subset(n_train=300), tmp_path / "data"
     data_folder.mkdir()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    judge = gan_eval.load_judge(data, data_folder, torch.device("cpu"), False, print)
+    judge = scoring.load_judge(data, data_folder, torch.device("cpu"), False, print)
     assert judge.path.parent == tmp_path / "cache" / "creditlab" / "judges"
     assert not (data_folder / "judges").exists()  # a shared data folder is left alone
 
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("")  # the cache cannot be created below a file
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
-    beside = gan_eval.load_judge(data, data_folder, torch.device("cpu"), False, print)
+    beside = scoring.load_judge(data, data_folder, torch.device("cpu"), False, print)
     assert beside.path.parent == data_folder / "judges"
     assert beside.sha256 == judge.sha256  # the same training, the same bytes
-    again = gan_eval.load_judge(data, data_folder, torch.device("cpu"), False, print)
+    again = scoring.load_judge(data, data_folder, torch.device("cpu"), False, print)
     assert again.path == beside.path  # found beside the data
 
     messages = []
-    nowhere = gan_eval.load_judge(data, None, torch.device("cpu"), False, messages.append)
+    nowhere = scoring.load_judge(data, None, torch.device("cpu"), False, messages.append)
     assert nowhere.path is None and any("this run only" in m for m in messages)
 
 
 def test_references_bracket_real_and_noise(digits_data, judge):
     test = judge.gaussian(digits_data.test_x)
-    refs = gan_eval.references(judge, digits_data, test)
+    refs = scoring.references(judge, digits_data, test)
     assert 0 < refs["fid_train_vs_test"] < refs["fid_uniform_noise"] / 10
 
 

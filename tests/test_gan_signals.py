@@ -21,7 +21,7 @@ from creditlab.engine.backward import (
 from creditlab.engine.network import bias_name, weight_name
 from creditlab.errors import UsageError
 from creditlab.experiments import gradcheck
-from creditlab.experiments.gan_losses import GAN_LOSSES
+from creditlab.experiments.gan.losses import GAN_LOSSES
 from creditlab.rules import RULES
 
 

@@ -23,9 +23,10 @@ import torch
 
 from creditlab import cli
 from creditlab.errors import UsageError
-from creditlab.experiments import compare, tune
-from creditlab.experiments.asha import ASHA
-from creditlab.experiments.ray_backend import SequentialPool, open_pool
+from creditlab.experiments import compare
+from creditlab.experiments.sweeps import tune
+from creditlab.experiments.sweeps.asha import ASHA
+from creditlab.experiments.sweeps.ray_backend import SequentialPool, open_pool
 from creditlab.experiments.train import TrainConfig
 from creditlab.rules import RULES, rule
 from creditlab.rules.base import Rule

@@ -266,7 +266,7 @@ def compare(
 
     rule_opts maps a rule to its option overrides (strings from the command line or values).
     configs gives a rule its own base configuration in place of `base` (a tune's best
-    settings). pool (creditlab.experiments.ray_backend) runs the runs on Ray workers; without
+    settings). pool (creditlab.experiments.sweeps.ray_backend) runs the runs on Ray workers; without
     one they train here, one after another.
     With `stack`, the seeds of a rule train together as one stack of networks
     (creditlab.experiments.stacked); each run keeps its own folder, checkpoints and results.

@@ -209,9 +209,12 @@ GROUP_FIELDS = {
     "name": (str,),
     "size": (int, str),
     "ins": (list,),
-    "activation": (str,),
+    "activation": (str, type(None)),  # null for the input group, as Network.spec writes it
     "init": (str, type(None)),
     "dropout": (int, float),
+    "kind": (str,),  # conv, pool, primary_capsules, capsules, mask (dense when absent)
+    "options": (dict,),
+    "shape": (list,),  # an image input's (C, H, W)
 }
 
 

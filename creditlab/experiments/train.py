@@ -173,13 +173,17 @@ def differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 
 
 def load_for_resume(
-    path: Path | None, config: dict[str, Any], device: torch.device
+    path: Path | None,
+    config: dict[str, Any],
+    device: torch.device,
+    loader: Callable[..., dict[str, Any]] = checkpoint.load,
 ) -> dict[str, Any] | None:
     """The checkpoint at `path` if it was made with `config` (up to the fields free to change
-    on resume); None when there is none; UsageError naming the differing fields otherwise."""
+    on resume); None when there is none; UsageError naming the differing fields otherwise.
+    `loader` reads the file (checkpoint.load_run checks a training run's parts first)."""
     if path is None or not path.exists():
         return None
-    state = checkpoint.load_run(path, map_location=device)
+    state = loader(path, map_location=device)
     differ = differing_fields(state["config"], config)
     if differ:
         raise UsageError(
@@ -341,7 +345,9 @@ class Trainer:
 
     def restore(self) -> bool:
         """Continue from the checkpoint in out_dir; False when there is none yet."""
-        state = load_for_resume(self.checkpoint_path, self.config.to_dict(), self.device)
+        state = load_for_resume(
+            self.checkpoint_path, self.config.to_dict(), self.device, checkpoint.load_run
+        )
         if state is None:
             return False
         if state["epoch"] > self.config.epochs:

@@ -25,9 +25,10 @@ from matplotlib.ticker import MaxNLocator
 from creditlab.data import load_dataset
 from creditlab.engine.devices import resolve_device
 from creditlab.errors import UsageError
-from creditlab.experiments import checkpoint, gan_eval, gan_report
+from creditlab.experiments import checkpoint
 from creditlab.experiments.compare import seed_list
-from creditlab.experiments.gan import GanConfig, GanTrainer
+from creditlab.experiments.gan import pictures, scoring
+from creditlab.experiments.gan.loop import GanConfig, GanTrainer
 from creditlab.experiments.report import COLORS
 from creditlab.experiments.train import differing_fields
 from creditlab.rules import rule_class
@@ -67,9 +68,9 @@ def compare(
     log=print,
 ) -> dict[str, Any]:
     data = load_dataset(base.dataset, base.data_dir, None, progress)
-    judge = gan_eval.load_judge(
+    judge = scoring.load_judge(
         data,
-        gan_eval.data_folder_of(base.dataset, base.data_dir),
+        scoring.data_folder_of(base.dataset, base.data_dir),
         resolve_device(base.device),
         progress,
         log,
@@ -187,7 +188,7 @@ def fid_curves_png(record: dict[str, Any]) -> bytes:
         ax.plot(epochs, fids.mean(axis=0), "o-", color=color, label=pair)
         if len(runs) > 1:
             ax.fill_between(epochs, fids.min(axis=0), fids.max(axis=0), color=color, alpha=0.2)
-    gan_report.reference_lines(ax, record["references"])
+    pictures.reference_lines(ax, record["references"])
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -195,7 +196,7 @@ def fid_curves_png(record: dict[str, Any]) -> bytes:
     ax.set_title("classifier FID (mean over seeds, band: lowest to highest)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return gan_report.png_bytes(fig)
+    return pictures.png_bytes(fig)
 
 
 def best_grid(run: dict[str, Any], folder: Path) -> np.ndarray | None:
@@ -222,11 +223,11 @@ def samples_png(record: dict[str, Any], out: Path) -> bytes:
         )
         grid = best_grid(run, run_dir(out, tuple(pair.split("/")), seed))
         if grid is not None:
-            ax.imshow(gan_report.tile(grid), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.imshow(pictures.tile(grid), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         fid = "n/a" if run["best_fid"] is None else f"{run['best_fid']:.1f}"
         ax.set_title(f"{pair}: FID {fid} (epoch {run['best_epoch']})", fontsize=9)
         ax.set_axis_off()
-    return gan_report.png_bytes(fig)
+    return pictures.png_bytes(fig)
 
 
 def render(record: dict[str, Any], out: Path) -> None:
@@ -249,13 +250,13 @@ def render(record: dict[str, Any], out: Path) -> None:
         for w in r["warnings"]
     ]
     sections = [
-        ("classifier FID", gan_report.table_html(HEADERS, rows(record))),
+        ("classifier FID", pictures.table_html(HEADERS, rows(record))),
         ("samples at each pair's best epoch (first seed)", files["samples.png"]),
         ("classifier FID per epoch", files["fid.png"]),
         (
             "warnings",
-            gan_report.table_html(["warning"], [[w] for w in warnings]) if warnings else None,
+            pictures.table_html(["warning"], [[w] for w in warnings]) if warnings else None,
         ),
     ]
-    text = gan_report.page(f"GAN rule pairs on {c['dataset']}", intro, sections)
+    text = pictures.page(f"GAN rule pairs on {c['dataset']}", intro, sections)
     checkpoint.atomic_write(out / "index.html", lambda f: f.write(text.encode()))

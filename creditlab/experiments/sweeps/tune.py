@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.errors import TrainingError, UsageError
-from creditlab.experiments import checkpoint, compare, tune_report
-from creditlab.experiments.asha import ASHA
+from creditlab.experiments import checkpoint, compare
+from creditlab.experiments.sweeps import tune_report
+from creditlab.experiments.sweeps.asha import ASHA
 from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.rules import rule_class
 from creditlab.rules.machinery import space as spaces

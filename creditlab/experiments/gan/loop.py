@@ -17,8 +17,8 @@ and one generator step (Goodfellow et al. 2014, Algorithm 1):
 No autograd anywhere: the signals are the rules' own (see rules/base.py). Generators and
 discriminators are built from model strings (`mlp:H1-H2-...` or a JSON network spec);
 convolutional ones plug in at build_generator / build_discriminator once the engine has conv
-groups. Each epoch the samples are judged by a classifier of the dataset (gan_eval.py) and the
-run folder is rendered (gan_report.py); the best checkpoint is the lowest classifier FID.
+groups. Each epoch the samples are judged by a classifier of the dataset (scoring.py) and the
+run folder is rendered (pictures.py); the best checkpoint is the lowest classifier FID.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
 from creditlab.engine.network import Network, mlp, resolve_dtype
 from creditlab.errors import TrainingError, UsageError
-from creditlab.experiments import checkpoint, gan_eval, gan_report
-from creditlab.experiments.gan_losses import gan_loss
+from creditlab.experiments import checkpoint
+from creditlab.experiments.gan import pictures, scoring
+from creditlab.experiments.gan.losses import gan_loss
 from creditlab.experiments.models import _hidden_sizes, build_model
 from creditlab.experiments.train import (
     TrainConfig,
@@ -190,7 +191,7 @@ class GanTrainer:
         progress: bool = True,
         log: Callable[[str], None] = print,
         data: Dataset | None = None,
-        judge: gan_eval.Judge | None = None,
+        judge: scoring.Judge | None = None,
     ):
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -215,15 +216,15 @@ class GanTrainer:
         if config.train_subset:
             train = train[: config.train_subset]
         self.real = to_signed(train).to(self.device, self.dtype)
-        self.judge = judge or gan_eval.load_judge(
+        self.judge = judge or scoring.load_judge(
             data,
-            gan_eval.data_folder_of(config.dataset, config.data_dir),
+            scoring.data_folder_of(config.dataset, config.data_dir),
             self.device,
             progress,
             log,
         )
         self.test_gaussian = self.judge.gaussian(data.test_x)
-        self.references = gan_eval.references(self.judge, data, self.test_gaussian)
+        self.references = scoring.references(self.judge, data, self.test_gaussian)
         self.grid_latent = fixed_latent(GRID_SIZE, config.latent).to(self.device, self.dtype)
         self.eval_latent = fixed_latent(config.eval_samples, config.latent, offset=1).to(
             self.device, self.dtype
@@ -431,10 +432,10 @@ class GanTrainer:
     def evaluate(self) -> dict[str, Any]:
         """The judge's scores for the fixed evaluation batch, and this epoch's grid."""
         scores = self.judge.scores(to_unit(self.generate(self.eval_latent)), self.test_gaussian)
-        grid = gan_report.to_uint8(self.generate(self.grid_latent), self.image_shape)
+        grid = pictures.to_uint8(self.generate(self.grid_latent), self.image_shape)
         self.grids.append(grid)
         if self.out_dir:
-            gan_report.write_grid(self.out_dir / "epochs" / f"epoch-{self.epoch:03d}.png", grid)
+            pictures.write_grid(self.out_dir / "epochs" / f"epoch-{self.epoch:03d}.png", grid)
         return scores
 
     def warnings(self, record: dict[str, Any]) -> list[str]:
@@ -508,7 +509,7 @@ class GanTrainer:
             results["message"] = message
         if self.out_dir:
             checkpoint.write_json(self.out_dir / "results.json", results)
-            gan_report.render_run(results, self.grids, self.out_dir)
+            pictures.render_run(results, self.grids, self.out_dir)
         return results
 
 

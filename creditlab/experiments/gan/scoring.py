@@ -31,7 +31,7 @@ from creditlab.data import Dataset
 from creditlab.engine.network import Network
 from creditlab.errors import CreditlabError
 from creditlab.experiments import checkpoint
-from creditlab.experiments.fid import Gaussian, frechet_distance
+from creditlab.experiments.gan.fid import Gaussian, frechet_distance
 
 Tensor = torch.Tensor
 # The classifier's training settings (bp, the engine's own loop); part of the cache key.
