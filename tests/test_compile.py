@@ -81,7 +81,7 @@ def test_compiled_steps_on_cuda_equal_eager_steps(rule, digits):
 
 def test_train_command_takes_compile(tmp_path, capsys):
     out = tmp_path / "r"
-    args = ["train", "--compile", "--rule", "brsf", "--epochs", "1", "--train-subset", "100"]
+    args = ["train", "--compile", "--rule", "brsf", "--epochs", "2", "--train-subset", "800"]
     assert cli.main([*args, "--model", "mlp:8", "--out", str(out), "--quiet"]) == 0
     assert (
         "--compile: brsf runs eagerly: it draws fresh feedback magnitudes"
