@@ -13,9 +13,11 @@ from creditlab import cli
 from creditlab.experiments.stacked import StackedTrainer, train_stacked
 from creditlab.experiments.train import TrainConfig, train
 
+# Small, but enough that every run learns well past chance (a run that ends near chance is
+# "stalled", experiments/guards.py).
 TINY = TrainConfig(
     dataset="digits",
-    train_subset=200,
+    train_subset=600,
     batch_size=50,
     epochs=2,
     model="mlp:16-16",
@@ -68,7 +70,8 @@ def test_stacked_members_equal_their_separate_runs(members, digits, tmp_path):
     for k, config in enumerate(configs):
         alone = train(config, tmp_path / f"alone{k}", progress=False)
         assert (
-            stacked[k]["status"] == "finished" and stacked[k]["best_epoch"] == alone["best_epoch"]
+            stacked[k]["status"] == alone["status"]
+            and stacked[k]["best_epoch"] == alone["best_epoch"]
         )
         assert stacked[k]["test_accuracy"] == alone["test_accuracy"]
         assert all(h["stacked"] == len(configs) for h in stacked[k]["history"])
@@ -83,7 +86,10 @@ def test_runs_that_cannot_stack_train_one_by_one_and_say_why(digits, tmp_path):
     configs = [dataclasses.replace(TINY, rule="es", seed=s, epochs=1) for s in (0, 1)]
     lines = []
     results = train_stacked(configs, None, progress=False, log=lines.append, data=digits)
-    assert [r["status"] for r in results] == ["finished", "finished"]
+    # Trained to the end one by one (one epoch of es on 200 examples may end near chance)
+    assert [r["status"] in ("finished", "stalled") for r in results] == [True, True]
+    assert not any("stacked" in h for r in results for h in r["history"])
+    lines = [line for line in lines if "stack" in line]  # leave out the guards' warnings
     assert len(lines) == 1 and "not stacked (rule es has no stacked form" in lines[0]
 
 

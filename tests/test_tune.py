@@ -41,7 +41,7 @@ TINY = dict(
     dataset="digits", train_subset=500, batch_size=25, model="mlp:16", optimizer="adam",
     probe_every=0, epochs=3,
 )  # fmt: skip
-TINY_ARGS = ["--dataset", "digits", "--train-subset", "500", "--batch-size", "25", "--model",
+TINY_ARGS = ["--dataset", "digits", "--train-subset", "1000", "--batch-size", "10", "--model",
              "mlp:16", "--probe-every", "0", "--epochs", "3", "--quiet"]  # fmt: skip
 
 
@@ -181,7 +181,7 @@ def test_every_rule_got_the_same_trials_and_budget(swept):
     for name in ("bp", "fa"):
         trials = first["rules"][name]["trials"]
         assert len(trials) == 4
-        assert all(t["status"] in ("finished", "stopped") for t in trials)
+        assert all(t["status"] in ("finished", "stopped", "stalled") for t in trials)
         assert all(1 <= t["epochs"] <= 3 and len(t["curve"]) == t["epochs"] for t in trials)
         assert all("1" in t["rungs"] for t in trials)  # every trial was judged at the rung
         assert first["rules"][name]["search_seconds"] > 0
@@ -260,7 +260,7 @@ def test_a_worker_killed_mid_sweep(tmp_path):
         pool.close()
     assert killed, "no worker was caught training a trial"
     trials = record["rules"]["bp"]["trials"]
-    assert [t["status"] for t in trials] == ["finished"] * 4  # grace 6: ASHA stops nobody
+    assert all(t["status"] in ("finished", "stalled") for t in trials)  # grace 6: none stopped
     assert all(t["epochs"] == 6 for t in trials)
     assert (killed["finished"] / "results.json").read_bytes() == killed["before"]
     assert json.loads((killed["trial"] / "results.json").read_text())["epochs"] == 6

@@ -261,6 +261,7 @@ def compare(
     configs: dict[str, TrainConfig] | None = None,
     pool: Any = None,
     stack: bool = True,
+    beside: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Train every rule on every seed into out_dir, then write results.json and the report.
 
@@ -290,7 +291,9 @@ def compare(
         raise UsageError(
             f"{out_dir / 'results.json'} is not a compare's results; choose another --out"
         )
-    if previous is None and out_dir.is_dir() and not folders.is_empty(out_dir):
+    # `beside`: what a caller keeps in the same folder on purpose (a tune's trials and record).
+    others = [p for p in out_dir.iterdir() if p.name not in beside] if out_dir.is_dir() else []
+    if previous is None and others:
         raise UsageError(
             f"--out {out_dir} is not empty and holds no compare; the report would mix its files "
             "with what is there. Choose a new or empty folder"

@@ -124,7 +124,7 @@ class StackedTrainer:
                 self.trainers[k].finish_epoch(record)
         results.update(self.diverged)
         for k in self.active:
-            results[k] = self.trainers[k]._write_results(status="finished")
+            results[k] = self.trainers[k].finish()
         return [results[k] for k in range(len(self.trainers))]
 
     def train_epoch(self, epoch: int) -> dict[int, dict[str, Any]]:
@@ -191,7 +191,7 @@ class StackedTrainer:
             val_loss, val_acc = evaluate(t.net, t.rule, data.val_x, data.val_y, data.n_classes)
             record = {
                 "epoch": epoch,
-                "train_loss": float(losses[k].mean()),
+                "train_loss": float(losses[k].sum()) / steps,  # as Trainer.train_epoch sums
                 "val_loss": val_loss,
                 "val_accuracy": val_acc,
                 "lr": t.schedule(epoch * steps - 1),

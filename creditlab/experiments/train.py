@@ -385,6 +385,11 @@ class Trainer:
             self.finish_epoch(record)
         if self.epoch < config.epochs and not self._patience_ran_out():
             return {"status": "paused", "epochs": self.epoch, "history": self.history}
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Write the results of a run that trained its budget: finished, or stalled when its
+        best validation accuracy stayed near chance (guards.py)."""
         if guards.near_chance(self.best["val_accuracy"], self.chance):
             message = guards.stalled_message(
                 self.best["val_accuracy"], self.chance, self.epoch, True

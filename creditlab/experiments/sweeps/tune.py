@@ -45,7 +45,12 @@ from creditlab.rules import rule_class
 from creditlab.rules.machinery import space as spaces
 
 KIND = "creditlab-tune"
-DONE = ("finished", "stopped", "diverged")  # a trial in one of these is never trained again
+# A trial in one of these is never trained again. "stalled": it ran its whole budget near chance
+# (experiments/guards.py); it stays a candidate like a finished one, and loses on its merits.
+DONE = ("finished", "stopped", "diverged", "stalled")
+# What a tune keeps in its --out beside the compare report of the retrained best (runs/: a best
+# trial that trained the whole budget on the search seed, copied in as that seed's run).
+TUNE_FILES = ("trials", "tune.json", "tune.md", "tune.html", "search_curves.png", "runs")
 
 
 @dataclasses.dataclass
@@ -243,9 +248,9 @@ class Sweep:
         trial.seconds += result["seconds"]
         asha = self.ashas[trial.rule]
         where = f"[{trial.rule}] trial {trial.name} epoch {trial.epochs}/{asha.max_epochs}"
-        if result["status"] in ("diverged", "finished"):
+        if result["status"] in ("diverged", "finished", "stalled"):
             trial.status, trial.message = result["status"], result["message"]
-            note = "diverged" if trial.status == "diverged" else "finished"
+            note = trial.status
         else:
             cutoff = asha.cutoff(trial.epochs, without=trial.index)
             goes_on = asha.report(trial.index, trial.epochs, trial.best)
@@ -388,6 +393,7 @@ def tune(
         command=command,
         configs={name: best[name].config for name in rules},
         pool=pool if pool.remote else None,
+        beside=TUNE_FILES,
     )
     for run in retrained["runs"]:  # the test errors of the retrained best, per rule
         errors = record["rules"][run["rule"]].setdefault("test_errors", {})

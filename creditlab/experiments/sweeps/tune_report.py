@@ -25,7 +25,7 @@ from creditlab.experiments import report
 from creditlab.experiments.checkpoint import atomic_write
 from creditlab.experiments.report import Table, html_table, markdown_table
 
-STATUSES = ("running", "paused", "stopped", "finished", "diverged", "error", "new")
+STATUSES = ("running", "paused", "stopped", "finished", "stalled", "diverged", "error", "new")
 
 
 def new_record(kind, base, rules, trials, seeds, asha, fixed, where, command) -> dict[str, Any]:
