@@ -8,6 +8,12 @@ selected on). The PyTorch reference trains bp's network alike in the same proces
 alternating with creditlab's bp, for the seconds-per-epoch ratio. The targets are BioTorch's
 published LeNet errors (bp 0.91%, usf/brsf/frsf 1.0%, fa 1.70%, dfa 1.61%, after 100 epochs).
 
+fa and dfa start with the output layer's weights at zero (`--zero-output`, default "fa dfa"):
+feedback alignment needs the forward weights above a hidden group to start small, so that they
+grow into alignment with the fixed feedback B (Lillicrap et al. 2016). From the default random
+start, relu LeNet's hidden groups, driven by e B while W_out is still unrelated to B, grew and
+died in the first few dozen steps and fa and dfa barely learnt (see the README).
+
     python benchmarks/lenet_mnist.py --epochs 20                      # every rule, the target
     python benchmarks/lenet_mnist.py --rules bp fa --epochs 2 --train-subset 10000
     python benchmarks/lenet_mnist.py --device cuda --epochs 20
@@ -73,6 +79,12 @@ def torch_epoch(model, opt, data, config, epoch, device) -> float:
     return time.perf_counter() - start
 
 
+def zero_output_weights(net) -> None:
+    """Set the weights into the output group to zero (its bias stays)."""
+    for i in net.groups[net.output_name].ins:
+        net.W[(i, net.output_name)].zero_()
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -88,6 +100,13 @@ def main() -> None:
     parser.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument(
+        "--zero-output",
+        nargs="*",
+        default=["fa", "dfa"],
+        metavar="RULE",
+        help="rules whose output layer starts at zero weights (default: fa dfa; none: no rule)",
+    )
     args = parser.parse_args()
     torch.set_flush_denormal(True)
     data = load_dataset("mnist", progress=False)
@@ -108,6 +127,8 @@ def main() -> None:
         )
         trainer = Trainer(config, progress=False, data=data)
         d, device = trainer.data, trainer.device
+        if name in args.zero_output:
+            zero_output_weights(trainer.net)
         reference = name == "bp" and not args.no_torch
         if reference:
             model = TorchLeNet(trainer.net, args.activation).to(device)

@@ -22,6 +22,11 @@ down from 92.4% after the first), scale 0.5 trained smoothly (91.3%; 95.1%), the
 seeded by the network's seed, and kept in state_dict()["B"] under the group names. They do not
 stand in W^T's place, so feedback_matrices() is empty: the diagnostics' angle to W^T does not
 apply.
+
+The start matters more than the scale on conv nets: with relu LeNet the rule barely learnt
+while the output layer's random initial weights were unrelated to B (the hidden groups grew
+and died), and learnt from output weights starting at zero, as feedback alignment needs
+(benchmarks/lenet_mnist.py starts them so; see the README's convolution results).
 """
 
 from __future__ import annotations

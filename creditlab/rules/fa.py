@@ -14,6 +14,11 @@ rising to 7.5, validation accuracy 86.1%; 784-1000-1000-10, 2 epochs: loss 1.6, 
 scale 0.5 trained smoothly (90.5%; 95.0%), the best of 0.1, 0.25, 0.5, 1, 2 and 4. Before B
 and the forward weights align, the hidden updates are not descent directions, and large ones
 inflate the hidden activity on which the output layer's exact step acts.
+
+The start matters more than the scale on conv nets: with relu LeNet the rule barely learnt
+while the output layer's random initial weights were unrelated to B (the hidden groups grew
+and died), and learnt from output weights starting at zero, as feedback alignment needs
+(benchmarks/lenet_mnist.py starts them so; see the README's convolution results).
 """
 
 from __future__ import annotations
