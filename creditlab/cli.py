@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -555,6 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("creditlab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `creditlab rules | head`: the reader left, which is no error
+        # Point stdout at /dev/null so that Python's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

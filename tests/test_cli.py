@@ -1,6 +1,7 @@
 """The command line: the default run, clear errors with exit code 2, run folders kept safe."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,18 @@ def test_mnist_from_shared_data_trains_a_little(tmp_path, capsys):
 def test_rules_command_lists_bp(capsys):
     assert cli.main(["rules"]) == 0
     assert "bp" in capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_is_no_error():
+    """`creditlab rules | head -1`: the reader closes the pipe after one line; creditlab
+    stops quietly (no BrokenPipe traceback) with exit code 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "creditlab", "rules"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert proc.stdout.readline()  # the first line, as head -1 reads it
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "Traceback" not in stderr, stderr
