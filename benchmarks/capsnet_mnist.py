@@ -20,6 +20,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from timing import sync
 
 from creditlab.data import load_dataset
 from creditlab.data.augment import image_shape_of, parse_augment, shift
@@ -114,11 +115,6 @@ def torch_error(model, x, y, chunk=1000) -> float:
         lengths, _ = model(x[a : a + chunk])
         wrong += int((lengths.argmax(dim=1) != y[a : a + chunk]).sum())
     return wrong / x.shape[0]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

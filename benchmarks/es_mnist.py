@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import sync
 
 import creditlab as cl
 from creditlab.data import load_dataset
@@ -105,11 +106,6 @@ def speed(args) -> None:
             f"  batched ({name}): {median[name]:.0f}, {median[name] / median['loop']:.1f}x the loop"
         )
     print(f"  member-by-member loop: {median['loop']:.0f}")
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def curves(args) -> None:

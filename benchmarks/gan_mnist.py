@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timing import sync
 
 from creditlab.data import load_dataset
 from creditlab.engine.devices import resolve_device
@@ -95,11 +96,6 @@ class PlainGan:
     @torch.no_grad()
     def generate(self, latent: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.G(latent[a : a + 2048]) for a in range(0, latent.shape[0], 2048)])
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def shares_text(shares: list[float]) -> str:

@@ -26,6 +26,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from timing import sync
 
 from creditlab.data import load_dataset
 from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation, evaluate
@@ -83,11 +84,6 @@ def zero_output_weights(net) -> None:
     """Set the weights into the output group to zero (its bias stays)."""
     for i in net.groups[net.output_name].ins:
         net.W[(i, net.output_name)].zero_()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ import statistics
 import time
 
 import torch
+from timing import sync
 
 from creditlab.data import load_dataset
 from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation
@@ -113,11 +114,6 @@ class TorchCudaGraph:
                 self.graph.replay()
         sync(device)
         return time.perf_counter() - start
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ import statistics
 import time
 
 import torch
+from timing import sync
 
 from creditlab.data import load_dataset
 from creditlab.engine.devices import resolve_device
@@ -73,11 +74,6 @@ def torch_epoch(model, opt, data, configs, epoch, device) -> float:
         opt.step()
     sync(device)
     return time.perf_counter() - start
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
