@@ -4,12 +4,16 @@ The same architecture on both sides (Sabour, Frosst and Hinton 2017: conv1 256@9
 32 x 8-D, DigitCaps 10 x 16-D with 3 routing iterations differentiated exactly, margin loss, a
 512-1024-784 decoder weighted 0.0005; `--model capsnet:small`: 64 channels, 8 types), the same
 initial weights (copied from creditlab's), the same batches (order and random shifts of up to 2
-pixels), Adam at the same rate. The two train in alternating epochs in one process, so they
-share the machine's state; the data sits on the device. Printed: seconds per epoch of each,
-their ratio, and the test error after every epoch.
+pixels), Adam at the same rate and schedule. The two train in alternating epochs in one
+process, so they share the machine's state; the data sits on the device. Printed: seconds per
+epoch of each, their ratio, and the test error after every epoch.
 
     python benchmarks/capsnet_mnist.py --device cuda --epochs 3             # the GPU check
     python benchmarks/capsnet_mnist.py --model capsnet:small --train-subset 5000 --epochs 1
+    python benchmarks/capsnet_mnist.py --device cuda --augment none --val-size 1000 --gamma 0.96
+
+`--gamma G` decays the rate by G after every epoch (the paper's exponential decay; 1, the
+default, keeps it constant); `--val-size` sets how many training images are held out.
 """
 
 from __future__ import annotations
@@ -86,6 +90,8 @@ def margin_loss(lengths, y):
 
 
 def torch_epoch(model, opt, data, config, epoch, device) -> float:
+    for group in opt.param_groups:  # creditlab's schedule is constant within an epoch here
+        group["lr"] = config.lr * config.gamma ** (epoch - 1)
     sync(device)
     start = time.perf_counter()
     order = epoch_permutation(config.seed, epoch, data.train_x.shape[0], device)
@@ -124,7 +130,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--augment", default="shift:2")
+    parser.add_argument("--augment", default="shift:2", help="shift:K, or none")
+    parser.add_argument("--val-size", type=int, default=None, help="held-out training images")
+    parser.add_argument("--gamma", type=float, default=1.0, help="lr decay after each epoch")
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--no-torch", action="store_true", help="creditlab alone")
     args = parser.parse_args()
@@ -137,12 +145,16 @@ def main() -> None:
         lr=args.lr,
         batch_size=args.batch_size,
         epochs=args.epochs,
-        augment=args.augment,
+        schedule="constant" if args.gamma == 1.0 else "step",
+        step_epochs=1,
+        gamma=args.gamma,
+        augment=None if args.augment == "none" else args.augment,
+        val_size=args.val_size,
         probe_every=0,
         train_subset=args.train_subset,
         device=args.device,
     )
-    data = load_dataset("mnist", progress=False)
+    data = load_dataset("mnist", val_size=args.val_size, progress=False)
     trainer = Trainer(config, progress=False, data=data)
     device, d = trainer.device, trainer.data
     model = None if args.no_torch else TorchCapsNet(trainer.net).to(device)
@@ -151,7 +163,8 @@ def main() -> None:
         f"torch {torch.__version__}, {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", {torch.get_num_threads()} threads, {args.model}, batch {args.batch_size}, "
-        f"{d.train_x.shape[0]} training examples, augment {args.augment}"
+        f"{d.train_x.shape[0]} training examples, augment {args.augment}, "
+        f"lr {args.lr} x {args.gamma} per epoch"
     )
     ours, theirs = [], []
     for epoch in range(1, args.epochs + 1):
