@@ -41,12 +41,12 @@ def add_gan_options(p: argparse.ArgumentParser, pairs: bool = False) -> None:
     p.add_argument(
         "--generator",
         default=d.generator,
-        help="mlp:H1-H2-... or a JSON spec (default %(default)s)",
+        help="mlp:H1-H2-..., dcgan, dcgan:W (base width) or a JSON spec (default %(default)s)",
     )
     p.add_argument(
         "--discriminator",
         default=d.discriminator,
-        help="mlp:H1-H2-... or a JSON spec (default %(default)s)",
+        help="mlp:H1-H2-..., dcgan, dcgan:W (base width) or a JSON spec (default %(default)s)",
     )
     p.add_argument(
         "--activation-g",
