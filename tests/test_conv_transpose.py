@@ -232,3 +232,24 @@ def test_leaky_relu_slopes():
     for bad in ("leaky_relu:2", "leaky_relu:x", "leaky_relu:"):
         with pytest.raises(UsageError, match="the slope must be a number in"):
             activation(bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_transposed_convolutions_give_the_same_updates_and_signals_on_cuda():
+    from creditlab.experiments.gan import dcgan
+
+    results = []
+    for device in ("cpu", "cuda"):
+        g = dcgan.generator(4, 6, (1, 8, 8), torch.float64, device, 0)
+        d = dcgan.discriminator(4, (1, 8, 8), torch.float64, device, 1)
+        gen = torch.Generator().manual_seed(0)
+        u = torch.randn(5, 6, generator=gen, dtype=torch.float64).to(device)
+        y = torch.rand(5, 1, 8, 8, generator=gen, dtype=torch.float64).to(device)
+        r = torch.randn(5, 1, generator=gen, dtype=torch.float64).to(device)
+        updates = cl.rule("bp").updates(g, u, y)
+        signal = cl.rule("bp").input_signal(d, y.reshape(5, -1), r)
+        results.append(({k: v.cpu() for k, v in updates.items()}, signal.cpu()))
+    (cpu_updates, cpu_signal), (gpu_updates, gpu_signal) = results
+    for key in cpu_updates:
+        torch.testing.assert_close(gpu_updates[key], cpu_updates[key], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gpu_signal, cpu_signal, rtol=1e-9, atol=1e-12)
