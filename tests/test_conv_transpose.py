@@ -253,3 +253,31 @@ def test_transposed_convolutions_give_the_same_updates_and_signals_on_cuda():
     for key in cpu_updates:
         torch.testing.assert_close(gpu_updates[key], cpu_updates[key], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(gpu_signal, cpu_signal, rtol=1e-9, atol=1e-12)
+
+
+def test_dni_with_perfect_synthesizers_is_bp_through_transposed_convolutions():
+    from creditlab.engine.backward import (
+        backward_sweep,
+        incoming_signal,
+        local_delta,
+        transpose_feedback,
+    )
+
+    net = cl.Network(dtype=torch.float64, seed=4)
+    x = net.input((1, 3, 3))
+    up = net.conv_transpose(x, 2, kernel=4, stride=2, padding=1, activation="tanh")
+    up2 = net.conv_transpose(up, 2, kernel=3, stride=2, padding=1, output_padding=1)
+    net.output(net.dense(up2, 3, activation="tanh", name="out"), loss="mse")
+    u, _ = gradcheck.random_batch(net, 4, 4)
+    r = torch.randn(4, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    trace = net.forward(u)
+    exact = backward_sweep(net, trace, {"out": local_delta(net, trace, "out", r)})
+    learner = cl.rule("dni")
+    learner.oracle = lambda _net, _trace, _y, b: incoming_signal(
+        net, exact, b, transpose_feedback(net), trace
+    )
+    bp = cl.rule("bp")
+    torch.testing.assert_close(learner.input_signal(net, u, r), bp.input_signal(net, u, r))
+    ours, expected = learner.updates_for_signal(net, u, r), bp.updates_for_signal(net, u, r)
+    for key in expected:
+        torch.testing.assert_close(ours[key], expected[key])
