@@ -1,10 +1,14 @@
-"""The dense GAN on MNIST: creditlab's bp/bp against a plain PyTorch GAN, side by side.
+"""A GAN on MNIST: creditlab's bp/bp against a plain PyTorch GAN, side by side.
 
-Generator 100-256-512-1024-784 (leaky ReLU, slope 0.01, tanh output), discriminator
-784-512-256-1 (leaky ReLU), non-saturating loss, Adam 2e-4 with betas (0.5, 0.999), batch 64,
-one D step per G step. Both start from the same weights (copied from creditlab's networks into
-nn.Linear), see the same real batches and the same latent noise, and train in alternating epochs
-in one process, so they share the machine's state. Both are judged every epoch by the same
+By default the dense GAN: generator 100-256-512-1024-784 (leaky ReLU, slope 0.01, tanh output),
+discriminator 784-512-256-1 (leaky ReLU). With --conv (or --generator/--discriminator dcgan[:W])
+the DCGAN of creditlab/experiments/gan/dcgan.py: dense to (2W, 7, 7), two transposed
+convolutions 4x4 stride 2 up to 28x28; two convolutions 4x4 stride 2 down to (2W, 7, 7) with
+leaky ReLU 0.2, then one logit; no batch norm on either side. Non-saturating loss, Adam 2e-4 with
+betas (0.5, 0.999), batch 64, one D step per G step. Both start from the same weights (copied
+from creditlab's networks into nn.Linear / nn.Conv2d / nn.ConvTranspose2d), see the same real
+batches and the same latent noise, and train in alternating epochs in one process, so they
+share the machine's state. Both are judged every epoch by the same
 classifier (creditlab.experiments.gan.scoring) on the same fixed latent batch of 10,000.
 
 The PyTorch side is the loop of PyTorch's DCGAN example: D on the real batch and on the
@@ -15,6 +19,9 @@ Seconds are of training alone (judging excluded).
     python benchmarks/gan_mnist.py --epochs 30                  # bp/bp against PyTorch
     python benchmarks/gan_mnist.py --epochs 10 --only-ours --pairs fa/fa,dfa/dfa,usf/usf
     python benchmarks/gan_mnist.py --device cuda --epochs 30
+    python benchmarks/gan_mnist.py --device cuda --conv --epochs 10    # the DCGAN race
+    python benchmarks/gan_mnist.py --conv --generator dcgan:16 --discriminator dcgan:16 \
+        --epochs 3 --train-subset 2000 --threads 1                    # a short CPU check
 """
 
 from __future__ import annotations
@@ -36,20 +43,57 @@ from creditlab.experiments.gan.loop import GanConfig, GanTrainer, to_unit
 from creditlab.experiments.train import epoch_permutation
 
 
-def torch_network(net, hidden: torch.nn.Module, last: torch.nn.Module | None, device):
-    """A creditlab chain as nn.Sequential, weights copied (nn.Linear keeps W as (out, in))."""
+def torch_activation(name: str) -> torch.nn.Module | None:
+    """The nn module of a creditlab activation (None for identity)."""
+    if name.startswith("leaky_relu"):
+        slope = float(name.partition(":")[2] or 0.01)
+        return torch.nn.LeakyReLU(slope, inplace=True)
+    modules = {"relu": lambda: torch.nn.ReLU(inplace=True), "tanh": torch.nn.Tanh}
+    return modules[name]() if name in modules else None
+
+
+def torch_layer(net, i: str, j: str) -> torch.nn.Module:
+    """Group j's connection as an nn layer, creditlab's weights copied in."""
+    group, (c_in, *_) = net.groups[j], net.groups[i].shape
+    W, o = net.W[(i, j)], group.options
+    if group.kind == "dense":
+        layer, weight = torch.nn.Linear(net.groups[i].size, group.size), W.t()
+    elif group.kind == "conv":  # nn.Conv2d keeps W as creditlab does: (C_out, C_in, k, k)
+        layer = torch.nn.Conv2d(c_in, o["channels"], o["kernel"], o["stride"], o["padding"])
+        weight = W
+    elif group.kind == "conv_transpose":  # both keep (C_in, C_out, k, k)
+        layer = torch.nn.ConvTranspose2d(
+            c_in, o["channels"], o["kernel"], o["stride"], o["padding"], o["output_padding"]
+        )
+        weight = W
+    else:
+        raise ValueError(f"no PyTorch twin for group {j!r} ({group.kind})")
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        layer.bias.copy_(net.b[j])
+    return layer
+
+
+def torch_network(net, device) -> torch.nn.Sequential:
+    """A creditlab chain (dense, conv, conv_transpose) as nn.Sequential with the same weights
+    and activations, taking and giving flat (N, size) batches as creditlab does. Image
+    activity stays (N, C, H, W) between convolutions: only a dense layer flattens it."""
     layers: list[torch.nn.Module] = []
+    flat = True  # the batch comes in flat
     for j in net.order[1:]:
         (i,) = net.groups[j].ins
-        linear = torch.nn.Linear(net.groups[i].size, net.groups[j].size)
-        with torch.no_grad():
-            linear.weight.copy_(net.W[(i, j)].t())
-            linear.bias.copy_(net.b[j])
-        layers.append(linear)
-        if j != net.output_name:
-            layers.append(hidden)
-        elif last is not None:
-            layers.append(last)
+        group = net.groups[j]
+        if group.kind == "dense" and not flat:
+            layers.append(torch.nn.Flatten())
+        elif group.kind != "dense" and flat:
+            layers.append(torch.nn.Unflatten(1, net.groups[i].shape))
+        layers.append(torch_layer(net, i, j))
+        flat = group.kind == "dense"
+        act = torch_activation(group.act.name)
+        if act is not None:
+            layers.append(act)
+    if not flat:
+        layers.append(torch.nn.Flatten())
     return torch.nn.Sequential(*layers).to(device)
 
 
@@ -59,8 +103,8 @@ class PlainGan:
     def __init__(self, ours: GanTrainer):
         c = ours.config
         self.config, self.device, self.real = c, ours.device, ours.real
-        self.G = torch_network(ours.G, torch.nn.LeakyReLU(0.01), torch.nn.Tanh(), ours.device)
-        self.D = torch_network(ours.D, torch.nn.LeakyReLU(0.01), None, ours.device)
+        self.G = torch_network(ours.G, ours.device)
+        self.D = torch_network(ours.D, ours.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=c.lr, betas=c.betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=c.lr, betas=c.betas)
         # the same latent stream as creditlab's loop: same generator, same seed, same draws
@@ -113,8 +157,22 @@ def main() -> None:
     p.add_argument(
         "--train-subset", type=int, default=None, help="train on the first N images only"
     )
+    p.add_argument(
+        "--generator", default=GanConfig.generator, help="mlp:H1-H2-..., dcgan or dcgan:W"
+    )
+    p.add_argument(
+        "--discriminator", default=GanConfig.discriminator, help="mlp:H1-H2-..., dcgan or dcgan:W"
+    )
+    p.add_argument(
+        "--conv", action="store_true", help="the DCGAN: --generator/--discriminator dcgan"
+    )
     p.add_argument("--out", default="benchmarks/runs/gan_mnist")
     args = p.parse_args()
+    if args.conv:  # DCGAN for whichever of the two was left at its dense default
+        if args.generator == GanConfig.generator:
+            args.generator = "dcgan"
+        if args.discriminator == GanConfig.discriminator:
+            args.discriminator = "dcgan"
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -122,19 +180,18 @@ def main() -> None:
     data = load_dataset("mnist", progress=False)
     judge = scoring.load_judge(data, scoring.data_folder_of("mnist", None), device)
     out = Path(args.out)
-    summary: dict = {"device": str(device), "threads": torch.get_num_threads(), "runs": {}}
+    summary: dict = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "generator": args.generator,
+        "discriminator": args.discriminator,
+        "runs": {},
+    }
     if not args.only_ours:
         summary["runs"].update(race(args, data, judge, device, out))
     for pair in filter(None, args.pairs.split(",")):
         g, d = pair.split("/")
-        config = GanConfig(
-            rule_g=g,
-            rule_d=d,
-            epochs=args.epochs,
-            seed=args.seed,
-            device=str(device),
-            train_subset=args.train_subset,
-        )
+        config = gan_config(args, device, rule_g=g, rule_d=d)
         trainer = GanTrainer(config, out / f"creditlab-{g}-{d}", log=print, data=data, judge=judge)
         trainer.restore()
         results = trainer.fit()
@@ -143,17 +200,28 @@ def main() -> None:
         }
         summary["runs"][pair]["fid"] = [h["fid"] for h in results["history"]]
         summary["runs"][pair]["final_class_shares"] = results["history"][-1]["class_shares"]
-    path = out / f"summary-{args.device}-{args.epochs}ep.json"
+    models = "" if args.generator.startswith("mlp") else f"-{args.generator}"
+    path = out / f"summary-{args.device}-{args.epochs}ep{models.replace(':', '')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"summary in {path}")
 
 
+def gan_config(args, device, **rules) -> GanConfig:
+    return GanConfig(
+        generator=args.generator,
+        discriminator=args.discriminator,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=str(device),
+        train_subset=args.train_subset,
+        **rules,
+    )
+
+
 def race(args, data, judge, device, out: Path) -> dict:
     """bp/bp against PyTorch, epochs alternated."""
-    config = GanConfig(
-        epochs=args.epochs, seed=args.seed, device=str(device), train_subset=args.train_subset
-    )
+    config = gan_config(args, device)
     ours = GanTrainer(config, out / "creditlab-bp-bp", log=lambda _: None, data=data, judge=judge)
     plain = PlainGan(ours)
     rows = []

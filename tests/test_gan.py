@@ -16,9 +16,16 @@ import torch
 
 from creditlab.data import load_dataset
 from creditlab.engine.network import weight_name
+from creditlab.errors import UsageError
 from creditlab.experiments.gan import scoring
 from creditlab.experiments.gan.fid import Gaussian, frechet_distance
-from creditlab.experiments.gan.loop import GanConfig, GanTrainer, train_gan
+from creditlab.experiments.gan.loop import (
+    GanConfig,
+    GanTrainer,
+    build_discriminator,
+    build_generator,
+    train_gan,
+)
 from creditlab.experiments.gan.losses import GAN_LOSSES
 from tests.conftest import Interrupt
 from tests.test_gan_signals import reference_output
@@ -440,3 +447,110 @@ def test_gan_trains_on_cuda(digits_data, judge, tmp_path):
     assert results["status"] == "finished"
     assert results["config"]["device_used"].startswith("cuda:")
     assert np.isfinite(results["best_fid"])
+
+
+# ---- the convolutional GAN (DCGAN-style) ---------------------------------------------------
+def test_dcgan_models_follow_the_image_size(digits_data, judge):
+    run = trainer(small(generator="dcgan:8", discriminator="dcgan:4"), None, digits_data, judge)
+    g_shapes = [run.G.groups[j].shape for j in run.G.order]
+    d_shapes = [run.D.groups[j].shape for j in run.D.order]
+    assert g_shapes == [(16,), (16, 2, 2), (8, 4, 4), (1, 8, 8)]
+    assert [run.G.groups[j].kind for j in run.G.order[2:]] == ["conv_transpose"] * 2
+    assert run.G.groups["out"].act.name == "tanh"
+    assert d_shapes == [(1, 8, 8), (4, 4, 4), (8, 2, 2), (1,)]
+    assert run.D.groups["down1"].act.name == "leaky_relu:0.2"
+    mnist = dataclasses.replace(small(generator="dcgan", discriminator="dcgan"), latent=100)
+    G = build_generator(mnist, 784, torch.float32, "cpu", (28, 28))
+    D = build_discriminator(mnist, 784, torch.float32, "cpu", (28, 28))
+    assert [G.groups[j].shape for j in G.order] == [(100,), (128, 7, 7), (64, 14, 14), (1, 28, 28)]
+    assert [D.groups[j].shape for j in D.order] == [(1, 28, 28), (64, 14, 14), (128, 7, 7), (1,)]
+
+
+def test_dcgan_refuses_images_it_cannot_halve_twice():
+    config = small(generator="dcgan:8", discriminator="dcgan:8")
+    with pytest.raises(UsageError, match=r"model 'dcgan:8' needs images .* multiples of 4.*10x10"):
+        build_generator(config, 100, torch.float32, "cpu", (10, 10))
+    with pytest.raises(UsageError, match=r"multiples of 4.*6x8"):
+        build_discriminator(config, 48, torch.float32, "cpu", (6, 8))
+
+
+def test_conv_gan_resumes_exactly_and_learns(digits_data, judge, tmp_path, monkeypatch):
+    config = small(generator="dcgan:8", discriminator="dcgan:8", epochs=3, lr=2e-3)
+    straight = trainer(config, tmp_path / "straight", digits_data, judge)
+    straight.fit()
+    original = GanTrainer.train_epoch
+
+    def crash(self, epoch):
+        if epoch == 3:
+            raise Interrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(GanTrainer, "train_epoch", crash)
+    with pytest.raises(Interrupt):
+        trainer(config, tmp_path / "broken", digits_data, judge).fit()
+    monkeypatch.setattr(GanTrainer, "train_epoch", original)
+    resumed = trainer(config, tmp_path / "broken", digits_data, judge)
+    assert resumed.restore() and resumed.epoch == 2
+    results = resumed.fit()
+    for a, b in ((straight.G, resumed.G), (straight.D, resumed.D)):
+        for name, p in a.parameters().items():
+            assert torch.equal(p, b.parameters()[name]), name
+    fids = [h["fid"] for h in results["history"]]
+    assert fids == [h["fid"] for h in straight.history]
+    assert fids[-1] < 0.8 * fids[0]  # it learns: the classifier FID falls (66 -> 34 when written)
+    saved = json.loads((tmp_path / "broken" / "config.json").read_text())
+    assert [g.get("kind") for g in saved["generator_network"]["groups"]][-1] == "conv_transpose"
+
+
+def test_conv_gan_and_sample_commands(tmp_path, cli):
+    run = tmp_path / "run"
+    args = [*SMALL_ARGS, "--generator", "dcgan:4", "--discriminator", "dcgan:4"]
+    done = cli("gan", *args, "--rule-g", "fa", "--rule-d", "usf", "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    npz = tmp_path / "samples.npz"
+    done = cli("sample", "--run", str(run), "--n", "21", "--out", str(npz))
+    assert done.returncode == 0, done.stderr
+    images = np.load(npz)["images"]
+    assert images.shape == (21, 8, 8) and images.dtype == np.uint8
+    out = tmp_path / "cmp"
+    done = cli("gan-compare", *args, "--rules", "bp/bp,dfa/dfa", "--seeds", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "| dfa/dfa | 1 |" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--generator", "dcgan:0"], "bad model 'dcgan:0': write dcgan or dcgan:W"),
+        (["--discriminator", "dcgan:x"], "bad model 'dcgan:x'"),
+        (["--generator", "dcganx"], "bad model 'dcganx'"),
+        (["--discriminator", "dcgan:-4"], "bad model 'dcgan:-4'"),
+    ],
+)
+def test_bad_dcgan_strings_are_refused_with_exit_code_2(args, message, tmp_path, cli):
+    done = cli("gan", *SMALL_ARGS, "--out", str(tmp_path / "r"), *args)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_conv_gan_trains_on_cuda_as_on_the_cpu(digits_data, judge):
+    # three steps of plain SGD: Adam's division by sqrt(v) would magnify round-off in tiny
+    # gradients into different steps, and many steps of the game magnify any difference
+    config = small(
+        generator="dcgan:8",
+        discriminator="dcgan:8",
+        dtype="float64",
+        optimizer="sgd",
+        lr=0.01,
+        train_subset=96,
+    )
+    runs = []
+    for device in ("cpu", "cuda"):
+        run = trainer(dataclasses.replace(config, device=device), None, digits_data, judge)
+        run.train_epoch(1)
+        runs.append(run)
+    assert runs[1].G.W[("up1", "out")].device.type == "cuda"
+    for name, p in runs[0].G.parameters().items():
+        torch.testing.assert_close(runs[1].G.parameters()[name].cpu(), p, rtol=1e-6, atol=1e-8)

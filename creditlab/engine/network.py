@@ -142,26 +142,25 @@ class Network:
         """The input group: an int is a vector; a shape (C, H, W) is an image."""
         if self.input_name is not None:
             raise GraphError(f"the network already has an input group {self.input_name!r}")
-        if isinstance(size, (tuple, list)):
-            shape = tuple(_positive_size(n, name) for n in size)
-            if len(shape) not in (1, 3):
-                raise GraphError(f"input {name!r} needs a size n or a shape (C, H, W), got {size}")
-            group = self._add(Group(name, math.prod(shape), shape=shape))
-        else:
-            group = self._add(Group(name, _positive_size(size, name)))
+        shape = _group_shape(size, name)
+        group = self._add(Group(name, math.prod(shape), shape=shape))
         self.input_name = name
         return group
 
     def dense(
         self,
         ins: Group | str | Sequence[Group | str],
-        size: int,
+        size: int | Sequence[int],
         activation: str = "relu",
         init: str | None = None,
         name: str | None = None,
         dropout: float = 0.0,
     ) -> Group:
-        """Add a group reading `ins` (one group or several) with fresh weights and zero bias."""
+        """Add a group reading `ins` (one group or several) with fresh weights and zero bias.
+
+        `size` is a number of units, or an image shape (C, H, W) that convolutions can read
+        (a generator's latent -> dense (128, 7, 7) -> transposed convolutions); the units are
+        the same C * H * W either way."""
         name = name or f"h{sum(not g.is_input for g in self.groups.values()) + 1}"
         act = lookup_activation(activation)
         init = init or act.init
@@ -171,7 +170,9 @@ class Network:
             raise GraphError(f"group {name!r} reads no group")
         if len(set(in_names)) != len(in_names):
             raise GraphError(f"group {name!r} reads the same group twice: {in_names}")
-        group = Group(name, _positive_size(size, name), act, in_names, _init(init, name), dropout)
+        shape = _group_shape(size, name)
+        group = Group(name, math.prod(shape), act, in_names, _init(init, name), dropout)
+        group.shape = shape
         self._add(group)
         self._initialise(group)
         return group
@@ -191,6 +192,30 @@ class Network:
         """A 2-D convolution of an image group: `channels` kernels of kernel x kernel."""
         opts = {"channels": channels, "kernel": kernel, "stride": stride, "padding": padding}
         return self._add_kind("conv", ins, opts, activation, init, name, dropout)
+
+    def conv_transpose(
+        self,
+        ins: Group | str,
+        channels: int,
+        kernel: int = 4,
+        stride: int = 2,
+        padding: int = 1,
+        output_padding: int = 0,
+        activation: str = "relu",
+        init: str | None = None,
+        name: str | None = None,
+        dropout: float = 0.0,
+    ) -> Group:
+        """A 2-D transposed convolution of an image group (it upsamples: kernel 4, stride 2,
+        padding 1 doubles the height and width); output_padding < stride adds far-edge rows."""
+        opts = {
+            "channels": channels,
+            "kernel": kernel,
+            "stride": stride,
+            "padding": padding,
+            "output_padding": output_padding,
+        }
+        return self._add_kind("conv_transpose", ins, opts, activation, init, name, dropout)
 
     def pool(
         self,
@@ -262,7 +287,7 @@ class Network:
         if len(in_names) != 1:
             raise GraphError(f"group {name!r} ({kind}) reads exactly one group, got {in_names}")
         for key, value in options.items():
-            if key in ("padding",):
+            if key in ("padding", "output_padding"):
                 _count(value, key, name, 0)
             elif key not in ("mode", "routing_gradient"):
                 _count(value, key, name, 1)
@@ -504,7 +529,7 @@ class Network:
             }
             if g.kind != "dense":  # dense groups keep the spec they always had
                 entry.update(kind=g.kind, options=dict(g.options))
-            if g.is_input and len(g.shape) > 1:
+            if g.kind == "dense" and len(g.shape) > 1:  # an image-shaped input or dense group
                 entry["shape"] = list(g.shape)
             groups.append(entry)
         spec = {"groups": groups, "output": self.output_name, "loss": self.loss_fn.name}
@@ -544,9 +569,16 @@ class Network:
                 if kind not in KINDS:
                     raise UnknownNameError("group kind", kind, KINDS)
                 init = _init(g.get("init") or act.init, g["name"])
-                net._add(
-                    Group(g["name"], size, act, [], init, kind=kind, options=g.get("options", {}))
+                group = Group(
+                    g["name"], size, act, [], init, kind=kind, options=g.get("options", {})
                 )
+                if kind == "dense" and g.get("shape"):
+                    group.shape = _group_shape(tuple(g["shape"]), g["name"])
+                    if math.prod(group.shape) != size:
+                        raise GraphError(
+                            f"group {g['name']!r} has size {size} but shape {group.shape}"
+                        )
+                net._add(group)
             for g in rest:
                 group = net.groups[g["name"]]
                 group.ins = [net._name_of(i, group.name) for i in g["ins"]]
@@ -717,6 +749,16 @@ def _positive_size(size: int, name: str) -> int:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise GraphError(f"group {name!r} needs a positive integer size, got {size!r}")
     return size
+
+
+def _group_shape(size: int | Sequence[int], name: str) -> tuple[int, ...]:
+    """A dense group's shape per example: (n,) for a size n, or an image (C, H, W)."""
+    if not isinstance(size, (tuple, list)):
+        return (_positive_size(size, name),)
+    shape = tuple(_positive_size(n, name) for n in size)
+    if len(shape) not in (1, 3):
+        raise GraphError(f"group {name!r} needs a size n or a shape (C, H, W), got {size}")
+    return shape
 
 
 def _count(value: int, what: str, name: str, minimum: int) -> int:

@@ -4,9 +4,11 @@ The oracles are central finite differences of the loss in float64 and torch.auto
 an independent reference forward pass written with torch.nn.functional (so a wrong f, f', E or
 dE/ds in creditlab cannot hide behind itself). The networks are random dense DAGs, random
 convolutional graphs (convolutions with random kernels, strides and padding, max and average
-pooling, merges) and random capsule networks (primary capsules, routed capsules in both routing
-modes, a mask and a decoder, with a margin and a weighted reconstruction output). This module
-is a checking tool: the engine and the rules never use autograd.
+pooling, merges), random upsampling graphs (image-shaped dense groups and transposed
+convolutions with random strides, padding and output padding) and random capsule networks
+(primary capsules, routed capsules in both routing modes, a mask and a decoder, with a margin
+and a weighted reconstruction output). This module is a checking tool: the engine and the
+rules never use autograd.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from creditlab.engine.activations import ACTIVATIONS, LEAKY_SLOPE
+from creditlab.engine.activations import ACTIVATIONS, LEAKY_SLOPE, leaky_slope
 from creditlab.engine.losses import LOSSES
 from creditlab.engine.network import Network, bias_name, weight_name
 from creditlab.errors import UsageError
@@ -37,6 +39,16 @@ REFERENCE_ACTIVATIONS = {
     "elu": F.elu,
     "gelu": F.gelu,
 }
+
+
+def reference_activation(name: str):
+    """The torch.nn.functional form of an activation, for the oracle's forward pass."""
+    if name.startswith("leaky_relu:"):
+        slope = leaky_slope(name)
+        return lambda s: F.leaky_relu(s, slope)
+    return REFERENCE_ACTIVATIONS[name]
+
+
 REFERENCE_LOSSES = {
     "cross_entropy": lambda z, y: F.cross_entropy(z, y),
     "mse": lambda z, y: 0.5 * (z - y).pow(2).sum(dim=1).mean(),
@@ -119,6 +131,18 @@ def autograd_gradients(net: Network, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     """dE/dparam by torch.autograd over a reference forward pass."""
     params = {k: v.detach().clone().requires_grad_(True) for k, v in net.parameters().items()}
     x = x.reshape(x.shape[0], -1)
+    z = reference_forward(net, params, x, y)
+    loss = 0
+    for o in net.outputs:
+        target = x if o.loss.target == "input" else y
+        out = z[o.name].view(-1, *net.groups[o.name].shape)
+        loss = loss + o.weight * REFERENCE_LOSSES[o.loss.name](out, target)
+    grads = torch.autograd.grad(loss, list(params.values()))
+    return dict(zip(params, grads, strict=True))
+
+
+def reference_forward(net: Network, params: dict[str, Tensor], x: Tensor, y=None):
+    """z of every group for a flat batch x, by torch.nn.functional (differentiable)."""
     z = {net.input_name: x}
     for j in net.order[1:]:
         group = net.groups[j]
@@ -129,14 +153,29 @@ def autograd_gradients(net: Network, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         if group.act.name == "squash":
             z[j] = _reference_squash(s.view(-1, *group.shape)).reshape(s.shape)
         else:
-            z[j] = REFERENCE_ACTIVATIONS[group.act.name](s)
-    loss = 0
-    for o in net.outputs:
-        target = x if o.loss.target == "input" else y
-        out = z[o.name].view(-1, *net.groups[o.name].shape)
-        loss = loss + o.weight * REFERENCE_LOSSES[o.loss.name](out, target)
-    grads = torch.autograd.grad(loss, list(params.values()))
-    return dict(zip(params, grads, strict=True))
+            z[j] = reference_activation(group.act.name)(s)
+    return z
+
+
+def input_signal_errors(net: Network, x: Tensor, seed: int = 0) -> tuple[float, float]:
+    """bp's Rule.input_signal (dE/dx for E = sum over n of <r_n, z_o(x_n)>, a random r) against
+    central finite differences and autograd: the relative errors (see relative_error)."""
+    r = torch.randn(
+        x.shape[0], net.output_size, generator=torch.Generator().manual_seed(seed), dtype=x.dtype
+    )
+    ours = rule("bp").input_signal(net, x, r)
+    xa = x.detach().clone().requires_grad_(True)
+    z_o = reference_forward(net, net.parameters(), xa)[net.output_name]
+    (auto,) = torch.autograd.grad((r * z_o).sum(), xa)
+    eps, numeric = 1e-6, torch.zeros_like(x)
+    for k in range(x.numel()):
+        values = []
+        for step in (eps, -eps):
+            moved = x.clone()
+            moved.view(-1)[k] += step
+            values.append(float((r * net.forward(moved).z[net.output_name]).sum()))
+        numeric.view(-1)[k] = (values[0] - values[1]) / (2 * eps)
+    return relative_error(ours, numeric), relative_error(ours, auto)
 
 
 def _reference_kind(net: Network, group, params, z, y) -> Tensor:
@@ -150,6 +189,15 @@ def _reference_kind(net: Network, group, params, z, y) -> Tensor:
             return s
         n, _, h, w = s.shape
         return s.view(n, o["types"], o["dim"], h, w).permute(0, 1, 3, 4, 2)
+    if group.kind == "conv_transpose":
+        return F.conv_transpose2d(
+            u,
+            params[weight_name(i, j)],
+            params[bias_name(j)],
+            o["stride"],
+            o["padding"],
+            o["output_padding"],
+        )
     if group.kind == "pool":
         pool = F.max_pool2d if o["mode"] == "max" else F.avg_pool2d
         return pool(u, o["kernel"], o["stride"])
@@ -262,6 +310,34 @@ def random_conv_net(seed: int, loss: str = "cross_entropy") -> Network:
     return net
 
 
+def random_deconv_net(seed: int, loss: str = "mse") -> Network:
+    """A small random upsampling graph, a generator's shape: a vector input, a dense group
+    shaped as an image (C, H, W), one or two transposed convolutions (random kernel, stride,
+    padding and output_padding), sometimes a convolution, and a dense output."""
+    rng = random.Random(seed)
+    net = Network(dtype=torch.float64, seed=seed)
+    x = net.input(rng.randint(2, 4))
+    acts = ["tanh", "sigmoid", "softplus", "elu", "gelu", "leaky_relu:0.2"]
+    image = net.dense(x, (rng.randint(1, 2), rng.randint(2, 3), rng.randint(2, 3)), "tanh")
+    for _ in range(rng.randint(1, 2)):
+        stride, kernel = rng.randint(1, 3), rng.randint(1, 4)
+        image = net.conv_transpose(
+            image,
+            rng.randint(1, 2),
+            kernel=kernel,
+            stride=stride,
+            padding=rng.randint(0, 1) if kernel > 1 else 0,
+            output_padding=rng.randint(0, stride - 1),
+            activation=rng.choice(acts),
+        )
+    if rng.random() < 0.5:
+        image = net.conv(image, 2, kernel=min(2, *image.shape[1:]), activation=rng.choice(acts))
+    out = net.dense(image, rng.randint(2, 4), activation="identity", name="out")
+    net.output(out, loss=loss)
+    _random_biases(net, seed)
+    return net
+
+
 def random_capsule_net(seed: int, routing_gradient: bool = True) -> Network:
     """A small random capsule network: conv, primary capsules, routed capsules (1-3 routing
     iterations) with a margin output, and a mask read by a decoder with a weighted
@@ -302,7 +378,7 @@ def _random_biases(net: Network, seed: int) -> None:
 
 def run(trials: int = 6, seed: int = 0, batch: int = 5) -> list[CheckResult]:
     """Random DAGs covering every activation (hidden and output) and every loss; random
-    convolutional graphs; random capsule networks in both routing modes."""
+    convolutional and upsampling graphs; random capsule networks in both routing modes."""
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise UsageError(f"trials must be a positive integer, got {trials!r}")
     if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -328,6 +404,10 @@ def _run(trials: int, seed: int, batch: int) -> list[CheckResult]:
         net = random_conv_net(seed * 1000 + t, loss=list(LOSSES)[t % len(LOSSES)])
         x, y = random_batch(net, batch, seed * 1000 + t)
         results.append(check_network(net, x, y, f"trial {t} conv"))
+    for t in range(trials):
+        net = random_deconv_net(seed * 1000 + t, loss=list(LOSSES)[t % len(LOSSES)])
+        x, y = random_batch(net, batch, seed * 1000 + t)
+        results.append(check_network(net, x, y, f"trial {t} conv_transpose"))
     for t in range(trials):
         for exact in (True, False):
             net = random_capsule_net(seed * 1000 + t, routing_gradient=exact)

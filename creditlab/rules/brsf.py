@@ -24,6 +24,7 @@ from creditlab.rules.machinery.feedback import (
     scale_option,
     seed_for,
     state_part,
+    transposed_shape,
 )
 from creditlab.rules.machinery.signals import input_connections, lookup
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
@@ -72,10 +73,9 @@ class BatchRandomSignFeedback(FeedbackRule):
         generator for every signal (after the batch's other magnitudes)."""
         if net is not self.net:
             self._bind(net)
-        size_in = net.groups[net.input_name].size
         magnitudes = {
             weight_name(i, k): torch.rand(
-                (net.groups[k].size, size_in),
+                transposed_shape(net, i, k),
                 generator=self.rng,
                 dtype=net.dtype,
                 device=net.device,

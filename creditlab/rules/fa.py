@@ -38,6 +38,7 @@ from creditlab.rules.machinery.feedback import (
     scale_option,
     seed_for,
     state_part,
+    transposed_shape,
 )
 from creditlab.rules.machinery.signals import InputMatrices, lookup
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
@@ -71,7 +72,7 @@ class FeedbackAlignment(FeedbackRule):
     def _draw_input(self, net: Network, i: str, k: str):
         """B for the connection (input i, k), drawn as every other B (used for a signal only)."""
         std = self.scale * net.init_std(k)
-        shape = (net.groups[k].size, net.groups[i].size)
+        shape = transposed_shape(net, i, k)  # (size_k, size_i) for dense, else the kernel's
         seed = seed_for(net, "fa", weight_name(i, k))
         return random_matrix(net, shape, std, self.opts["distribution"], seed)
 

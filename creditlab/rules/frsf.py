@@ -23,6 +23,7 @@ from creditlab.rules.machinery.feedback import (
     scale_option,
     seed_for,
     state_part,
+    transposed_shape,
 )
 from creditlab.rules.machinery.signals import InputMatrices, input_connections, lookup
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
@@ -41,9 +42,7 @@ class FixedRandomSignFeedback(FeedbackRule):
         self.M = FixedMatrices(self.name, connection_shapes, self._draw)
         # Magnitudes for the connections out of the input, for a signal sent to the input.
         self.M_input = InputMatrices(
-            lambda net, i, k: self._draw(
-                net, weight_name(i, k), (net.groups[k].size, net.groups[i].size)
-            )
+            lambda net, i, k: self._draw(net, weight_name(i, k), transposed_shape(net, i, k))
         )
 
     @staticmethod

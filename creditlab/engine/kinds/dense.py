@@ -18,7 +18,7 @@ class Dense(Kind):
     many_inputs = True
 
     def shape(self, net, group):
-        return (group.size,)
+        return group.shape  # (size,), or the image shape it was given: stored flat either way
 
     def weight_shape(self, net, i, group):
         return (net.groups[i].size, group.size)

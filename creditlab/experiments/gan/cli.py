@@ -41,22 +41,23 @@ def add_gan_options(p: argparse.ArgumentParser, pairs: bool = False) -> None:
     p.add_argument(
         "--generator",
         default=d.generator,
-        help="mlp:H1-H2-... or a JSON spec (default %(default)s)",
+        help="mlp:H1-H2-..., dcgan, dcgan:W (base width) or a JSON spec (default %(default)s)",
     )
     p.add_argument(
         "--discriminator",
         default=d.discriminator,
-        help="mlp:H1-H2-... or a JSON spec (default %(default)s)",
+        help="mlp:H1-H2-..., dcgan, dcgan:W (base width) or a JSON spec (default %(default)s)",
     )
     p.add_argument(
         "--activation-g",
         default=d.activation_g,
-        help="generator's hidden activation (default %(default)s)",
+        help="generator's hidden activation, mlp models (dcgan: relu) (default %(default)s)",
     )
     p.add_argument(
         "--activation-d",
         default=d.activation_d,
-        help="discriminator's hidden activation (default %(default)s)",
+        help="discriminator's hidden activation, mlp models (dcgan: leaky_relu:0.2) "
+        "(default %(default)s)",
     )
     p.add_argument("--latent", type=int, default=d.latent, help="latent size (default %(default)s)")
     p.add_argument("--loss", default=d.loss, help="nonsaturating or hinge (default %(default)s)")

@@ -15,10 +15,10 @@ and one generator step (Goodfellow et al. 2014, Algorithm 1):
   B for fa, ...), and G's output group receives that as its dE/dz: G's rule gives G's updates.
 
 No autograd anywhere: the signals are the rules' own (see rules/base.py). Generators and
-discriminators are built from model strings (`mlp:H1-H2-...` or a JSON network spec);
-convolutional ones plug in at build_generator / build_discriminator once the engine has conv
-groups. Each epoch the samples are judged by a classifier of the dataset (scoring.py) and the
-run folder is rendered (pictures.py); the best checkpoint is the lowest classifier FID.
+discriminators are built from model strings (`mlp:H1-H2-...`, `dcgan`, `dcgan:W` for the
+convolutional ones of dcgan.py, or a JSON network spec). Each epoch the samples are judged by
+a classifier of the dataset (scoring.py) and the run folder is rendered (pictures.py); the
+best checkpoint is the lowest classifier FID.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from creditlab.engine.devices import resolve_device
 from creditlab.engine.network import Network, mlp, resolve_dtype
 from creditlab.errors import TrainingError, UsageError
 from creditlab.experiments import checkpoint
-from creditlab.experiments.gan import pictures, scoring
+from creditlab.experiments.gan import dcgan, pictures, scoring
 from creditlab.experiments.gan.losses import gan_loss
 from creditlab.experiments.models import _hidden_sizes, build_model
 from creditlab.experiments.train import (
@@ -114,8 +114,15 @@ class GanConfig:
 
 
 # ---- the two networks -----------------------------------------------------------------------
-def build_generator(config: GanConfig, n_pixels: int, dtype, device) -> Network:
-    """latent -> ... -> n_pixels, tanh output (the images live in [-1, 1])."""
+def build_generator(
+    config: GanConfig, n_pixels: int, dtype, device, image_shape: tuple[int, ...] = ()
+) -> Network:
+    """latent -> ... -> n_pixels, tanh output (the images live in [-1, 1]); the dcgan models
+    take their geometry from `image_shape` ((H, W) or (C, H, W))."""
+    width = dcgan.dcgan_width(config.generator)
+    if width is not None:
+        image = dcgan.image_of(image_shape, config.generator)
+        return dcgan.generator(width, config.latent, image, dtype, device, config.seed)
     kind, sep, rest = config.generator.partition(":")
     if kind == "mlp" and sep:
         sizes = [config.latent, *_hidden_sizes(rest, config.generator), n_pixels]
@@ -135,13 +142,19 @@ def build_generator(config: GanConfig, n_pixels: int, dtype, device) -> Network:
             raise UsageError(f"the generator {config.generator} must end in a tanh group")
         return net
     raise UsageError(
-        f"unknown generator {config.generator!r}; write mlp:H1-H2-... or a JSON network spec "
-        "(convolutional generators arrive with the engine's conv groups)"
+        f"unknown generator {config.generator!r}; write mlp:H1-H2-..., dcgan, dcgan:W or a "
+        "JSON network spec"
     )
 
 
-def build_discriminator(config: GanConfig, n_pixels: int, dtype, device) -> Network:
+def build_discriminator(
+    config: GanConfig, n_pixels: int, dtype, device, image_shape: tuple[int, ...] = ()
+) -> Network:
     """n_pixels -> ... -> one logit (identity output)."""
+    width = dcgan.dcgan_width(config.discriminator)
+    if width is not None:
+        image = dcgan.image_of(image_shape, config.discriminator)
+        return dcgan.discriminator(width, image, dtype, device, config.seed + 10_007)
     if config.discriminator.startswith("mlp:") or config.discriminator.endswith(".json"):
         return build_model(
             config.discriminator,
@@ -154,8 +167,8 @@ def build_discriminator(config: GanConfig, n_pixels: int, dtype, device) -> Netw
             config.seed + 10_007,
         )
     raise UsageError(
-        f"unknown discriminator {config.discriminator!r}; write mlp:H1-H2-... or a JSON network "
-        "spec (convolutional discriminators arrive with the engine's conv groups)"
+        f"unknown discriminator {config.discriminator!r}; write mlp:H1-H2-..., dcgan, dcgan:W "
+        "or a JSON network spec"
     )
 
 
@@ -206,8 +219,8 @@ class GanTrainer:
             data = load_dataset(config.dataset, config.data_dir, None, progress)
         self.image_shape = tuple(data.image_shape)
         n_pixels = data.input_size
-        self.G = build_generator(config, n_pixels, self.dtype, self.device)
-        self.D = build_discriminator(config, n_pixels, self.dtype, self.device)
+        self.G = build_generator(config, n_pixels, self.dtype, self.device, self.image_shape)
+        self.D = build_discriminator(config, n_pixels, self.dtype, self.device, self.image_shape)
         self.rule_g.check_signal(self.G)
         self.rule_d.check_signal(self.D)
         # Every example of the training set (train and validation splits: a GAN picks no
@@ -424,9 +437,12 @@ class GanTrainer:
 
     @torch.no_grad()
     def generate(self, latent: Tensor, chunk: int = 2048) -> Tensor:
-        """G's images for a latent batch, in [-1, 1]."""
+        """G's images for a latent batch, in [-1, 1], flat (N, pixels) whatever G's shape."""
         return torch.cat(
-            [self.G.predict(latent[a : a + chunk]) for a in range(0, latent.shape[0], chunk)]
+            [
+                self.G.forward(latent[a : a + chunk]).z[self.G.output_name]
+                for a in range(0, latent.shape[0], chunk)
+            ]
         )
 
     def evaluate(self) -> dict[str, Any]:

@@ -61,7 +61,8 @@ class SweepSignals:
 class InputMatrices:
     """Fixed matrices for the connections out of the input group, drawn once per network.
 
-    `draw(net, i, k)` gives the (size_k, size_input) matrix for the connection (i, k); it must
+    `draw(net, i, k)` gives the tensor for the connection (i, k), shaped like
+    net.feedback_view(input, k) ((size_k, size_input) for dense, the kernel for conv); it must
     be a function of the network's seed and sizes alone (so nothing needs saving).
     """
 
