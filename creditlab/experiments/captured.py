@@ -1,11 +1,18 @@
-"""A captured training step: the forward pass and the rule's updates as one compiled unit.
+"""A captured training step: forward pass, the rule's updates and the optimiser as one unit.
 
-`creditlab train --compile` runs each step's forward pass, backward sweep and weight updates
-through torch.compile, which fuses the engine's elementwise work into few kernels; on a GPU it
-uses mode="reduce-overhead", which also records the step as a CUDA graph and replays it, so a
-step costs one launch instead of dozens. The compiled function is our own explicit code (no
-autograd); torch.compile only makes it faster, and the updates equal eager's within float
-rounding (tests/test_compile.py). The optimiser (optim.py) then applies them as it always does.
+`creditlab train --compile` runs each step's forward pass, backward sweep, the rule's updates
+and the optimiser's step through torch.compile, which fuses the engine's elementwise work and
+the optimiser's into few kernels; on a GPU it uses mode="reduce-overhead", which also records
+the step as a CUDA graph and replays it, so a step costs one launch instead of dozens. The
+compiled function is our own explicit code (no autograd); torch.compile only makes it faster,
+and the trained weights equal eager's within float rounding (tests/test_compile.py).
+
+The optimiser runs in its capturable form (optim.py): the step count and the learning rate are
+0-d tensors on the device, so a schedule that changes the rate every step neither recompiles
+the step nor breaks the graph. The count is kept here on the device and the optimiser state's
+own count (a plain int, as checkpoints store it) is kept in step beside it. On a GPU the
+parameters, the optimiser's buffers, the count and the rate are marked as static addresses:
+the graph updates them where they live instead of copying them in and out at every replay.
 
 A step is compiled once per batch shape (the full batches and the epoch's last, shorter one).
 Rules whose step cannot be captured fall back to eager, and the training loop says why in one
@@ -17,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from creditlab.engine.network import Network
+from creditlab.optim import Optimizer, State, captured_state
 from creditlab.rules import Rule
 
 Tensor = torch.Tensor
@@ -45,29 +53,55 @@ def compile_problem(rule: Rule, net: Network) -> str | None:
 
 
 class CompiledStep:
-    """rule.updates(net, x, y), compiled; the batch loss goes to rule.last_loss as in eager."""
+    """One training step, compiled: rule.updates(net, x, y) and then opt.update(...) on the
+    network's parameters. The batch loss goes to rule.last_loss as in eager."""
 
-    def __init__(self, rule: Rule, net: Network):
-        self.rule, self.net = rule, net
+    def __init__(self, rule: Rule, net: Network, opt: Optimizer):
+        self.rule, self.net, self.opt = rule, net, opt
         _warm_up(rule, net)
+        self.params = net.parameters()
+        self.lr = torch.zeros((), dtype=net.dtype, device=net.device)
         self.cuda = net.device.type == "cuda"
+        self.state: State | None = None  # the optimiser state, its count on the device
+        self.source: State | None = None  # the state it was made from (the loop's)
+        self.count = -1  # the source's step count, as this step last left it
         mode = "reduce-overhead" if self.cuda else None
         self.compiled = torch.compile(self._step, mode=mode, dynamic=False)
 
-    def _step(self, x: Tensor, y: Tensor):
+    def _step(self, x: Tensor, y: Tensor, state: State, lr: Tensor) -> Tensor | None:
         updates = self.rule.updates(self.net, x, y)
-        return updates, self.rule.last_loss
+        self.opt.update(self.params, updates, state, lr)
+        return self.rule.last_loss
 
-    def __call__(self, net: Network, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        if net is not self.net:
-            raise ValueError("a compiled step belongs to one network")
+    def __call__(self, x: Tensor, y: Tensor, state: State, lr: float) -> None:
+        """One step on the batch (x, y) at rate `lr`; counts the step in `state` as eager
+        does (a plain int)."""
+        if state is not self.source or state["step"] != self.count:
+            self._adopt(state)  # the first step, or a state restored from a checkpoint
+        self.lr.fill_(lr)
         if self.cuda:
             # A new step: the CUDA graph may reuse the last step's output memory, which the
-            # loop has finished with (the optimiser applied the updates, the loss was stored).
+            # loop has finished with (the loss was stored).
             torch.compiler.cudagraph_mark_step_begin()
-        updates, loss = self.compiled(x, y)
-        self.rule.last_loss = loss
-        return updates
+        self.rule.last_loss = self.compiled(x, y, self.state, self.lr)
+        state["step"] += 1
+        self.count = state["step"]
+
+    def _adopt(self, state: State) -> None:
+        """Work on `state`'s buffers, with its count as a device tensor beside it."""
+        self.source, self.state = state, captured_state(state, self.lr.device)
+        self.count = state["step"]
+        if self.cuda:  # written in place by the graph: static, not copied at each replay
+            for tensor in (*self.params.values(), *_tensors(self.state), self.lr):
+                torch._dynamo.mark_static_address(tensor)
+
+
+def _tensors(value) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
 
 
 def _warm_up(rule: Rule, net: Network) -> None:

@@ -281,8 +281,8 @@ class Trainer:
                 f"{config.dataset} has {self.data.n_classes} classes"
             )
         self.rule.check(self.net)
-        self.rule_step = self._rule_step(compile)
         self.params = self.net.parameters()
+        self.compiled_step = self._compiled_step(compile)
         self.opt_state = self.opt.init(self.params)
         self.steps_per_epoch = math.ceil(self.data.train_x.shape[0] / config.batch_size)
         self.schedule = Schedule(
@@ -308,17 +308,18 @@ class Trainer:
         self.chance = guards.chance_rate(self.data.val_y, self.data.n_classes)
         self.warnings: list[str] = []
 
-    def _rule_step(self, compile: bool) -> Callable:
-        """rule.updates, or with `compile` its compiled form where the rule allows it."""
+    def _compiled_step(self, compile: bool) -> CompiledStep | None:
+        """With `compile`, the whole step (updates and optimiser) compiled where the rule allows
+        it; None: the step runs eagerly."""
         self.compiled = False
         if not compile:
-            return self.rule.updates
+            return None
         problem = compile_problem(self.rule, self.net)
         if problem:
             self.log(f"--compile: {self.rule.name} runs eagerly: {problem}")
-            return self.rule.updates
+            return None
         self.compiled = True
-        return CompiledStep(self.rule, self.net)
+        return CompiledStep(self.rule, self.net, self.opt)
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property
@@ -464,7 +465,13 @@ class Trainer:
             xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
             if max_shift:
                 xb = shift(xb, image, max_shift, shifts)
-            updates = self.rule_step(net, xb, targets_for(net, yb, data.n_classes))
+            targets = targets_for(net, yb, data.n_classes)
+            global_step = (epoch - 1) * self.steps_per_epoch + step
+            lr = self.schedule(global_step)
+            if self.compiled_step:  # the optimiser's step is inside the compiled one
+                self.compiled_step(xb, targets, self.opt_state, lr)
+            else:
+                updates = self.rule.updates(net, xb, targets)
             if self.rule.last_loss is not None:
                 losses[step] = self.rule.last_loss
                 recorded += 1
@@ -475,9 +482,8 @@ class Trainer:
             if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
                 self._check_finite(losses, checked, step + 1, epoch)
                 checked = step + 1
-            global_step = (epoch - 1) * self.steps_per_epoch + step
-            lr = self.schedule(global_step)
-            self.opt.update(self.params, updates, self.opt_state, lr)
+            if not self.compiled_step:
+                self.opt.update(self.params, updates, self.opt_state, lr)
             if config.probe_every and (global_step + 1) % config.probe_every == 0:
                 self._sync()
                 probe_start = time.perf_counter()
