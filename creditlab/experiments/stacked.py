@@ -23,6 +23,7 @@ from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
+from creditlab.engine.devices import matmul_precision
 from creditlab.errors import TrainingError
 from creditlab.experiments.diagnostics import probe
 from creditlab.experiments.stack import Stack, StackError
@@ -38,7 +39,7 @@ Tensor = torch.Tensor
 # What must be equal for runs to share a stack: the step's shapes and the loop's length.
 SHARED = ("dataset", "train_subset", "val_size", "model", "activation", "loss", "init")
 SHARED += ("dropout", "batch_size", "epochs", "patience", "probe_every", "probe_size")
-SHARED += ("device", "dtype")
+SHARED += ("device", "dtype", "matmul_precision")
 MEMORY_SHARE = 0.5  # the part of the free memory a stack may plan to use
 
 
@@ -114,6 +115,10 @@ class StackedTrainer:
         self.diverged: dict[int, dict[str, Any]] = {}  # the others' results
 
     def fit(self) -> list[dict[str, Any]]:
+        with matmul_precision(self.trainers[0].config.matmul_precision):
+            return self._fit()
+
+    def _fit(self) -> list[dict[str, Any]]:
         results: dict[int, dict[str, Any]] = {}
         for t in self.trainers:
             t.prepare_folder()

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from creditlab.data import Dataset, load_dataset
 from creditlab.data.augment import image_shape_of, parse_augment, shift
 from creditlab.engine.activations import activation as lookup_activation
-from creditlab.engine.devices import resolve_device
+from creditlab.engine.devices import check_matmul_precision, matmul_precision, resolve_device
 from creditlab.engine.losses import loss as lookup_loss
 from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
@@ -39,8 +39,9 @@ from creditlab.rules import Rule, rule
 
 Tensor = torch.Tensor
 
-# Fields that may change between a run and its resumption without changing its course.
-FREE_ON_RESUME = ("data_dir", "device")
+# Fields that may change between a run and its resumption without changing its course (beyond
+# float rounding: the device and the precision of float32 matrix products say how, not what).
+FREE_ON_RESUME = ("data_dir", "device", "matmul_precision")
 # Seeds are mixed as seed * 1_000_003 + small offsets into 64-bit generator seeds: keep them small
 # enough that this cannot overflow.
 MAX_SEED = 2**32 - 1
@@ -82,6 +83,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    # torch.set_float32_matmul_precision during the run: "highest" (strict float32), "high"
+    # (TF32 on NVIDIA Ampere and later), "medium"; the process's setting is restored after.
+    matmul_precision: str = "highest"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -120,6 +124,7 @@ class TrainConfig:
                 "raise the rate; give a min_lr <= lr"
             )
         resolve_dtype(self.dtype)
+        check_matmul_precision(self.matmul_precision)
         parse_augment(self.augment)
         self.betas = tuple(self.betas)
 
@@ -374,6 +379,10 @@ class Trainer:
         """Train to the end and write the results. With `until` (a tuning scheduler's
         milestone) stop after that epoch if the run goes on past it: the checkpoint is written
         as after every epoch, no results yet, and a later fit() goes on from there."""
+        with matmul_precision(self.config.matmul_precision):
+            return self._fit(until)
+
+    def _fit(self, until: int | None) -> dict[str, Any]:
         config = self.config
         self.prepare_folder()
         last = config.epochs if until is None else min(until, config.epochs)
