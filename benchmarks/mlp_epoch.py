@@ -26,6 +26,7 @@ import time
 
 import torch
 from timing import add_precision_option, apply_precision, sync
+from torch._dynamo.utils import counters
 
 from creditlab.data import load_dataset
 from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation
@@ -192,6 +193,12 @@ def main() -> None:
         )
     )
     print(f"largest weight difference between the two after training: {drift:.2e}")
+    if trainer.compiled:  # a step that fell out of the CUDA graph or recompiled shows here
+        stats, inductor = counters["stats"], counters["inductor"]
+        print(
+            f"compiled graphs {stats['unique_graphs']}, "
+            f"steps that skipped the CUDA graph {inductor['cudagraph_skips']}"
+        )
 
 
 if __name__ == "__main__":

@@ -141,6 +141,34 @@ def test_compiled_steps_on_cuda_equal_eager_steps(rule, digits):
         assert torch.allclose(compiled.net.parameters()[name], p, rtol=1e-4, atol=1e-5), name
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["sgd nesterov, weight decay", "adamw"])
+def test_on_cuda_the_optimiser_runs_inside_the_cuda_graph(name, digits):
+    """The whole step, optimiser included, is one CUDA graph: no recompile when the cosine
+    schedule moves the rate, no step that skips the graph, and eager's weights at the end."""
+    config = dataclasses.replace(
+        TINY,
+        batch_size=20,
+        schedule="cosine",
+        min_lr=0.001,
+        device="cuda",
+        dtype="float32",
+        **OPTIMISERS[name],
+    )
+    eager = Trainer(config, progress=False, data=digits)
+    compiled = Trainer(config, progress=False, data=digits, compile=True)
+    torch._dynamo.reset()
+    graphs, skips = counters["stats"]["unique_graphs"], counters["inductor"]["cudagraph_skips"]
+    for epoch in (1, 2):
+        a, b = eager.train_epoch(epoch), compiled.train_epoch(epoch)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    assert counters["stats"]["unique_graphs"] - graphs == 2
+    assert counters["inductor"]["cudagraph_skips"] == skips
+    assert compiled.opt_state["step"] == eager.opt_state["step"] == 10
+    for name, p in eager.net.parameters().items():
+        assert torch.allclose(compiled.net.parameters()[name], p, rtol=1e-4, atol=1e-5), name
+
+
 def test_train_command_takes_compile(tmp_path, capsys):
     out = tmp_path / "r"
     args = ["train", "--compile", "--rule", "brsf", "--epochs", "2", "--train-subset", "800"]
