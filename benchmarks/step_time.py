@@ -6,7 +6,11 @@ MNIST 784-1000-1000-10 ReLU, batch 128, SGD with momentum 0.9, learning rate 0.0
 mlp_epoch.py; each side trains its own copy of the same initial weights on the same batches.
 
     OMP_NUM_THREADS=1 python benchmarks/step_time.py --blocks 15
-    python benchmarks/step_time.py --device cuda
+
+Three more sides run creditlab's rule updates compiled alone (the step as --compile compiled it
+before the optimiser moved inside) followed by an eager optimiser: optim.py's (the previous
+--compile), or torch.optim.SGD with foreach=True or fused=True fed through `.grad` (the
+alternative to optim.py inside the step).
 """
 
 from __future__ import annotations
@@ -21,6 +25,24 @@ from timing import add_precision_option, apply_precision, sync
 
 from creditlab.data import load_dataset
 from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation
+
+
+def optimiser_after(config: TrainConfig, data, kind: str):
+    """A step of a fresh creditlab network: its rule's updates compiled alone, then applied
+    eagerly by optim.py or by torch.optim.SGD(foreach or fused) through each .grad."""
+    trainer = Trainer(config, progress=False, data=data)
+    rule, net, params = trainer.rule, trainer.net, trainer.params
+    updates = torch.compile(lambda x, y: rule.updates(net, x, y), dynamic=False)
+    if kind == "optim.py":
+        return lambda x, y: trainer.opt.update(params, updates(x, y), trainer.opt_state, config.lr)
+    opt = torch.optim.SGD(params.values(), lr=config.lr, momentum=config.momentum, **{kind: True})
+
+    def step(x, y):
+        for p, g in zip(params.values(), updates(x, y).values(), strict=True):
+            p.grad = g
+        opt.step()
+
+    return step
 
 
 def main() -> None:
@@ -75,6 +97,8 @@ def main() -> None:
         "creditlab compiled": creditlab_compiled,
         "pytorch eager": pytorch_eager,
     }
+    for kind in ("optim.py", "foreach", "fused"):
+        sides[f"compiled updates + {kind}"] = optimiser_after(config, data, kind)
     print(
         f"{torch.__version__}, {device}, {torch.get_num_threads()} threads, 784-{args.hidden}-10"
         f" relu, batch 128, blocks of {args.steps} steps{precision}"
@@ -95,7 +119,7 @@ def main() -> None:
     timed = slice(1, None) if args.blocks > 1 else slice(None)
     median = {name: statistics.median(t[timed]) for name, t in times.items()}
     print("median ms per step: " + ", ".join(f"{k} {1e3 * v:.2f}" for k, v in median.items()))
-    for name in ("creditlab eager", "creditlab compiled"):
+    for name in [n for n in sides if n != "pytorch eager"]:
         ours, theirs = times[name][timed], times["pytorch eager"][timed]
         ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
         print(

@@ -15,6 +15,7 @@ from torch._dynamo.utils import counters
 from creditlab import cli
 from creditlab.experiments import checkpoint
 from creditlab.experiments.captured import CompiledStep
+from creditlab.experiments.stacked import StackedTrainer
 from creditlab.experiments.train import TrainConfig, Trainer
 
 TINY = TrainConfig(
@@ -107,6 +108,51 @@ def test_a_compiled_run_resumes_exactly(tmp_path, digits):
     assert saved["optimizer"]["step"] == 9 and isinstance(saved["optimizer"]["step"], int)
     for name, p in whole.net.parameters().items():
         assert torch.equal(second.net.parameters()[name], p), name
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_a_compiled_stack_runs_its_shared_optimiser_inside_the_step(device, digits):
+    """Stacked seeds sharing one optimiser (adam, cosine schedule): the compiled stack steps
+    and applies in one compiled unit (on a GPU one CUDA graph), one graph for all steps, and
+    ends where the eager stack does, each member's optimiser count a plain int as a separate
+    run's."""
+    cpu = device == "cpu"
+    config = dataclasses.replace(
+        TINY,
+        train_subset=80,  # 2 steps of 40 an epoch: one batch shape
+        optimizer="adam",
+        lr=0.01,
+        schedule="cosine",
+        min_lr=0.001,
+        device=device,
+        dtype="float64" if cpu else "float32",
+    )
+    rtol, atol = (1e-9, 1e-12) if cpu else (1e-4, 1e-6)
+
+    def stack(compile):
+        members = [dataclasses.replace(config, seed=s) for s in (0, 1)]
+        trainers = [Trainer(c, progress=False, data=digits) for c in members]
+        return StackedTrainer(trainers, progress=False, compile=compile)
+
+    eager, compiled = stack(False), stack(True)
+    assert compiled.captured and not eager.captured
+    torch._dynamo.reset()
+    graphs, skips = counters["stats"]["unique_graphs"], counters["inductor"]["cudagraph_skips"]
+    for epoch in (1, 2):
+        a, b = eager.train_epoch(epoch), compiled.train_epoch(epoch)
+        for k in (0, 1):
+            assert b[k]["train_loss"] == pytest.approx(a[k]["train_loss"], rel=rtol)
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    assert counters["inductor"]["cudagraph_skips"] == skips
+    for ours, theirs in zip(compiled.trainers, eager.trainers, strict=True):
+        assert ours.opt_state["step"] == theirs.opt_state["step"] == 4
+        for name, p in theirs.net.parameters().items():
+            assert torch.allclose(ours.net.parameters()[name], p, rtol=rtol, atol=atol), name
+        for name, v in theirs.opt_state["v"].items():
+            assert torch.allclose(ours.opt_state["v"][name], v, rtol=rtol, atol=atol**2), name
 
 
 @pytest.mark.parametrize(

@@ -52,6 +52,42 @@ def compile_problem(rule: Rule, net: Network) -> str | None:
     return None
 
 
+class CapturedOptimizer:
+    """What an optimiser's step needs inside a compiled function: the learning rate as a 0-d
+    tensor refilled before each step, and the optimiser state with its count as a device
+    tensor, kept beside the loop's own state (whose count stays a plain int, as eager keeps
+    it and checkpoints store it). On a GPU the parameters, the state's tensors and the rate
+    are marked as static addresses: the graph updates them where they live."""
+
+    def __init__(self, params: dict[str, Tensor], like: Tensor):
+        self.params = params
+        self.lr = torch.zeros((), dtype=like.dtype, device=like.device)
+        self.cuda = like.device.type == "cuda"
+        self.state: State | None = None  # the optimiser state, its count on the device
+        self.source: State | None = None  # the loop's state it was made from
+        self.count = -1  # the source's step count, as the last step left it
+
+    def before(self, state: State, lr: float) -> tuple[State, Tensor]:
+        """The state and rate to hand to the compiled step for this step."""
+        if state is not self.source or state["step"] != self.count:
+            self._adopt(state)  # the first step, or a state restored from a checkpoint
+        self.lr.fill_(lr)
+        return self.state, self.lr
+
+    def after(self, state: State) -> None:
+        """Count the step in the loop's state, as eager's update does (the device count was
+        counted inside the step)."""
+        state["step"] += 1
+        self.count = state["step"]
+
+    def _adopt(self, state: State) -> None:
+        self.source, self.state = state, captured_state(state, self.lr.device)
+        self.count = state["step"]
+        if self.cuda:  # written in place by the graph: static, not copied at each replay
+            for tensor in (*self.params.values(), *_tensors(self.state), self.lr):
+                torch._dynamo.mark_static_address(tensor)
+
+
 class CompiledStep:
     """One training step, compiled: rule.updates(net, x, y) and then opt.update(...) on the
     network's parameters. The batch loss goes to rule.last_loss as in eager."""
@@ -60,11 +96,8 @@ class CompiledStep:
         self.rule, self.net, self.opt = rule, net, opt
         _warm_up(rule, net)
         self.params = net.parameters()
-        self.lr = torch.zeros((), dtype=net.dtype, device=net.device)
+        self.optimizer = CapturedOptimizer(self.params, next(iter(self.params.values())))
         self.cuda = net.device.type == "cuda"
-        self.state: State | None = None  # the optimiser state, its count on the device
-        self.source: State | None = None  # the state it was made from (the loop's)
-        self.count = -1  # the source's step count, as this step last left it
         mode = "reduce-overhead" if self.cuda else None
         self.compiled = torch.compile(self._step, mode=mode, dynamic=False)
 
@@ -76,24 +109,13 @@ class CompiledStep:
     def __call__(self, x: Tensor, y: Tensor, state: State, lr: float) -> None:
         """One step on the batch (x, y) at rate `lr`; counts the step in `state` as eager
         does (a plain int)."""
-        if state is not self.source or state["step"] != self.count:
-            self._adopt(state)  # the first step, or a state restored from a checkpoint
-        self.lr.fill_(lr)
+        captured, rate = self.optimizer.before(state, lr)
         if self.cuda:
             # A new step: the CUDA graph may reuse the last step's output memory, which the
             # loop has finished with (the loss was stored).
             torch.compiler.cudagraph_mark_step_begin()
-        self.rule.last_loss = self.compiled(x, y, self.state, self.lr)
-        state["step"] += 1
-        self.count = state["step"]
-
-    def _adopt(self, state: State) -> None:
-        """Work on `state`'s buffers, with its count as a device tensor beside it."""
-        self.source, self.state = state, captured_state(state, self.lr.device)
-        self.count = state["step"]
-        if self.cuda:  # written in place by the graph: static, not copied at each replay
-            for tensor in (*self.params.values(), *_tensors(self.state), self.lr):
-                torch._dynamo.mark_static_address(tensor)
+        self.rule.last_loss = self.compiled(x, y, captured, rate)
+        self.optimizer.after(state)
 
 
 def _tensors(value) -> list[Tensor]:
