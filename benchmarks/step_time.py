@@ -10,7 +10,9 @@ mlp_epoch.py; each side trains its own copy of the same initial weights on the s
 Three more sides run creditlab's rule updates compiled alone (the step as --compile compiled it
 before the optimiser moved inside) followed by an eager optimiser: optim.py's (the previous
 --compile), or torch.optim.SGD with foreach=True or fused=True fed through `.grad` (the
-alternative to optim.py inside the step).
+alternative to optim.py inside the step). A last side runs only the step's eight matrix
+products (three forward, five backward) on tensors of the same shapes: no step of this network
+can take less, so its ratio to PyTorch's step is the floor of any ratio above.
 """
 
 from __future__ import annotations
@@ -41,6 +43,27 @@ def optimiser_after(config: TrainConfig, data, kind: str):
         for p, g in zip(params.values(), updates(x, y).values(), strict=True):
             p.grad = g
         opt.step()
+
+    return step
+
+
+def products_alone(trainer: Trainer):
+    """The matrix products of a step of this MLP and nothing else (plain torch.mm/addmm on
+    tensors of the step's shapes): the floor under any implementation's step."""
+    weights = [w.clone() for w in trainer.net.W.values()]
+    biases = [b.clone() for b in trainer.net.b.values()]
+    deltas = [torch.randn(128, w.shape[1], device=w.device) for w in weights]
+
+    def step(x, y):
+        sent = [x]
+        for w, b in zip(weights[:-1], biases[:-1], strict=True):
+            sent.append(torch.addmm(b, sent[-1], w))
+        torch.addmm(biases[-1], sent[-1], weights[-1])
+        for j in reversed(range(len(weights))):
+            sent[j].t() @ deltas[j]  # the weight gradient
+            if j:
+                deltas[j] @ weights[j].t()  # the signal sent back
+        return None
 
     return step
 
@@ -99,6 +122,7 @@ def main() -> None:
     }
     for kind in ("optim.py", "foreach", "fused"):
         sides[f"compiled updates + {kind}"] = optimiser_after(config, data, kind)
+    sides["matrix products alone"] = products_alone(eager)
     print(
         f"{torch.__version__}, {device}, {torch.get_num_threads()} threads, 784-{args.hidden}-10"
         f" relu, batch 128, blocks of {args.steps} steps{precision}"

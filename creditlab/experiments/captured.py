@@ -14,6 +14,13 @@ own count (a plain int, as checkpoints store it) is kept in step beside it. On a
 parameters, the optimiser's buffers, the count and the rate are marked as static addresses:
 the graph updates them where they live instead of copying them in and out at every replay.
 
+Batches: the training data is on the device from the start and each epoch's order is applied
+there (train.py); a step's batch is a slice of it, which the CUDA graph copies into its own
+input buffers at each replay (two device-to-device copies, about 0.4 MB at batch 128 on
+MNIST). Indexing the epoch's data inside the graph, from a device step counter, would save
+those two copies at the price of a static buffer per epoch; not done, as it was not measured
+to matter.
+
 A step is compiled once per batch shape (the full batches and the epoch's last, shorter one).
 Rules whose step cannot be captured fall back to eager, and the training loop says why in one
 line (`compile_problem`).
