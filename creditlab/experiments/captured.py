@@ -69,6 +69,7 @@ class CapturedOptimizer:
     def __init__(self, params: dict[str, Tensor], like: Tensor):
         self.params = params
         self.lr = torch.zeros((), dtype=like.dtype, device=like.device)
+        self.rate = 0.0  # the value in self.lr
         self.cuda = like.device.type == "cuda"
         self.state: State | None = None  # the optimiser state, its count on the device
         self.source: State | None = None  # the loop's state it was made from
@@ -78,7 +79,9 @@ class CapturedOptimizer:
         """The state and rate to hand to the compiled step for this step."""
         if state is not self.source or state["step"] != self.count:
             self._adopt(state)  # the first step, or a state restored from a checkpoint
-        self.lr.fill_(lr)
+        if lr != self.rate:  # a write to the device only when the rate changed
+            self.lr.fill_(lr)
+            self.rate = lr
         return self.state, self.lr
 
     def after(self, state: State) -> None:
