@@ -437,8 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="compile each step with torch.compile (a CUDA graph on a GPU); the first steps "
-        "wait for the compiler",
+        help="compile each step, the optimiser included, with torch.compile (one CUDA graph "
+        "on a GPU); the first steps wait for the compiler",
     )
     p.set_defaults(func=cmd_train)
 
