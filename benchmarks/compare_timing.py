@@ -8,6 +8,11 @@ command does). Prints every wall time, the medians and the ratios.
 
     python benchmarks/compare_timing.py                       # CPU: stacked vs --no-stack
     python benchmarks/compare_timing.py --devices cpu,cuda    # also the GPU against the CPU
+    python benchmarks/compare_timing.py --per-rule            # where the training time goes
+
+--per-rule times only the training epochs of each default rule (probes off, no evaluation,
+checkpoints or report): its 3 seeds as one stack against the same 3 runs one after another,
+alternating epoch by epoch.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import torch
 
 from creditlab.data import load_dataset
 from creditlab.experiments import compare
-from creditlab.experiments.train import TrainConfig
+from creditlab.experiments.stacked import StackedTrainer
+from creditlab.experiments.train import TrainConfig, Trainer
 
 # What `creditlab compare` with no options trains (cli.py: Adam at 1e-3 for every rule).
 DEFAULT = TrainConfig(optimizer="adam", lr=1e-3)
@@ -45,14 +51,45 @@ def one_compare(config: TrainConfig, stack: bool, data) -> float:
         return time.perf_counter() - start
 
 
+def per_rule(device: str, epochs: int, data) -> None:
+    """Per default rule: seconds per training epoch of its 3 seeds stacked and one by one."""
+    for name in compare.DEFAULT_RULES:
+        config = dataclasses.replace(DEFAULT, rule=name, device=device, probe_every=0)
+        configs = [dataclasses.replace(config, seed=seed) for seed in range(3)]
+        alone = [Trainer(c, progress=False, data=data) for c in configs]
+        stack = StackedTrainer([Trainer(c, progress=False, data=data) for c in configs], False)
+        one_by_one, stacked = [], []
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            for trainer in alone:
+                trainer.train_epoch(epoch)
+            one_by_one.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            stack.train_epoch(epoch)
+            stacked.append(time.perf_counter() - start)
+        a, b = statistics.median(one_by_one[1:]), statistics.median(stacked[1:])
+        print(
+            f"{name}: 3 seeds one by one {a:.3f} s per epoch, stacked {b:.3f} s: "
+            f"stacked / one by one = {b / a:.2f}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", default="cpu", help="comma-separated, e.g. cpu,cuda")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=DEFAULT.epochs)
+    parser.add_argument(
+        "--per-rule", action="store_true", help="training epochs only, stacked vs one by one"
+    )
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # as the command does
     data = load_dataset(DEFAULT.dataset, progress=False)
+    if args.per_rule:
+        for device in args.devices.split(","):
+            per_rule(device, min(args.epochs, 6), data)
+        return
     variants = []
     for device in args.devices.split(","):
         config = dataclasses.replace(DEFAULT, device=device, epochs=args.epochs)

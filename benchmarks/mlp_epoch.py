@@ -25,7 +25,8 @@ import statistics
 import time
 
 import torch
-from timing import sync
+from timing import add_precision_option, apply_precision, sync
+from torch._dynamo.utils import counters
 
 from creditlab.data import load_dataset
 from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation
@@ -125,15 +126,10 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="creditlab's compiled step (train --compile)"
     )
-    parser.add_argument(
-        "--tf32",
-        action="store_true",
-        help="let float32 matrix products use TF32 tensor cores (both sides; GPU only)",
-    )
+    add_precision_option(parser)
     args = parser.parse_args()
     torch.set_flush_denormal(True)  # as `creditlab train` does; applies to both sides
-    if args.tf32:
-        torch.set_float32_matmul_precision("high")  # process-wide: both sides alike
+    precision = apply_precision(args)  # process-wide: both sides alike
 
     config = TrainConfig(
         dataset="mnist",
@@ -143,6 +139,7 @@ def main() -> None:
         momentum=0.9,
         epochs=args.rounds,
         device=args.device,
+        matmul_precision=args.matmul_precision,
     )
     data = load_dataset("mnist", progress=False)
     trainer = Trainer(config, progress=False, data=data, compile=args.compile)
@@ -153,7 +150,7 @@ def main() -> None:
         f"{torch.__version__}, {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", {torch.get_num_threads()} threads, {args.hidden} relu, batch {config.batch_size}"
-        + (", TF32 matmuls" if args.tf32 else "")
+        + precision
         + (", creditlab compiled" if trainer.compiled else "")
     )
     sides = {
@@ -196,6 +193,12 @@ def main() -> None:
         )
     )
     print(f"largest weight difference between the two after training: {drift:.2e}")
+    if trainer.compiled:  # a step that fell out of the CUDA graph or recompiled shows here
+        stats, inductor = counters["stats"], counters["inductor"]
+        print(
+            f"compiled graphs {stats['unique_graphs']}, "
+            f"steps that skipped the CUDA graph {inductor['cudagraph_skips']}"
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import statistics
 import time
 
 import torch
-from timing import sync
+from timing import add_precision_option, apply_precision, sync
 
 from creditlab.data import load_dataset
 from creditlab.engine.devices import resolve_device
@@ -84,15 +84,10 @@ def main() -> None:
     parser.add_argument("--hidden", default="1000-1000")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--compile", action="store_true", help="compile creditlab's stacked step")
-    parser.add_argument(
-        "--tf32",
-        action="store_true",
-        help="let float32 matrix products use TF32 tensor cores (both sides; GPU only)",
-    )
+    add_precision_option(parser)
     args = parser.parse_args()
     torch.set_flush_denormal(True)
-    if args.tf32:
-        torch.set_float32_matmul_precision("high")  # process-wide: both sides alike
+    precision = apply_precision(args)  # process-wide: both sides alike
 
     base = TrainConfig(
         dataset="mnist",
@@ -102,6 +97,7 @@ def main() -> None:
         momentum=0.9,
         epochs=args.rounds,
         device=args.device,
+        matmul_precision=args.matmul_precision,
         probe_every=0,
     )
     configs = [dataclasses.replace(base, seed=s) for s in range(args.k)]
@@ -117,7 +113,7 @@ def main() -> None:
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
         + f", {torch.get_num_threads()} threads, K={args.k} x 784-{args.hidden}-10 relu, "
         f"batch {base.batch_size}"
-        + (", TF32 matmuls" if args.tf32 else "")
+        + precision
         + (", creditlab compiled" if stacked.stack.compiled else "")
     )
     ours, theirs = [], []

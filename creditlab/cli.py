@@ -39,6 +39,7 @@ def _rule_opts(items: list[str], rule_name: str) -> dict[str, str]:
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
+    from creditlab.engine.devices import MATMUL_PRECISIONS
     from creditlab.experiments.train import TrainConfig
 
     d = TrainConfig()
@@ -105,6 +106,13 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
     p.add_argument("--dtype", default=d.dtype, help="float32 or float64")
     p.add_argument(
+        "--matmul-precision",
+        default=d.matmul_precision,
+        choices=MATMUL_PRECISIONS,
+        help="float32 matrix products: highest (strict float32), high (TF32 tensor cores on "
+        "NVIDIA Ampere and later), medium (down to bfloat16) (default %(default)s)",
+    )
+    p.add_argument(
         "--probe-every",
         type=int,
         default=d.probe_every,
@@ -154,6 +162,7 @@ def config_from_args(args, rule_name: str, rule_opts: dict):
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
+        matmul_precision=args.matmul_precision,
     )
 
 
@@ -428,8 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="compile each step with torch.compile (a CUDA graph on a GPU); the first steps "
-        "wait for the compiler",
+        help="compile each step, the optimiser included, with torch.compile (one CUDA graph "
+        "on a GPU); the first steps wait for the compiler",
     )
     p.set_defaults(func=cmd_train)
 

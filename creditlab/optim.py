@@ -6,6 +6,22 @@ makes the state (a dict of plain values and tensors, so it goes into checkpoints
 `update(params, updates, state, lr)` moves the parameters against the updates. The formulas
 follow torch.optim, so a run here and a plain PyTorch run with the same settings take the same
 steps.
+
+Capturable form. In eager runs the step count is a Python int and the rate a Python float, as
+checkpoints store them. Inside a captured step (experiments/captured.py) both are 0-d tensors
+on the device instead, so that neither a new step count nor a schedule's new rate recompiles
+the step or leaves a CUDA graph: the same `update` then uses only tensor arithmetic (no Python
+branch on the step, no Python number taken from a tensor). `captured_state` makes that form of
+a state; the captured step keeps the state's int count beside it, so checkpoints are unchanged.
+
+Why not torch.optim's fused/foreach/capturable optimisers fed through `.grad`: they would be a
+second implementation of the same formulas beside this one, which eager runs and checkpoints
+use; inside the compiled step inductor fuses this code's elementwise work into a few kernels
+with the rule's last ones, where torch.optim's own multi-tensor kernels would sit outside the
+fusion. On the CPU (benchmarks/step_time.py, README "Compiled steps") the compiled step with
+this optimiser inside was as fast as the compiled updates followed by this optimiser or by
+torch.optim's fused SGD, and faster than torch.optim's foreach SGD; on a GPU what counts is
+that the whole step is then one CUDA graph.
 """
 
 from __future__ import annotations
@@ -35,8 +51,31 @@ class Optimizer:
     def init(self, params: Params) -> State:
         return {"step": 0}
 
-    def update(self, params: Params, updates: Params, state: State, lr: float) -> None:
+    def update(self, params: Params, updates: Params, state: State, lr: float | Tensor) -> None:
         raise NotImplementedError
+
+
+def captured_state(state: State, device: torch.device) -> State:
+    """The state with its step count as a 0-d int64 tensor on `device`, an exact count like the
+    int it stands for (and not float64: inductor on the CPU drops in-place writes to 0-d
+    float64 inputs, torch 2.13); the buffers are shared, not copied."""
+    return {**state, "step": torch.tensor(int(state["step"]), device=device)}
+
+
+def _descend(p: Tensor, direction: Tensor, step_size: float | Tensor) -> None:
+    """p -= step_size * direction; a tensor step size (captured) cannot be an `alpha`."""
+    if isinstance(step_size, Tensor):
+        p.sub_(direction * step_size)
+    else:
+        p.add_(direction, alpha=-step_size)
+
+
+def _advance(state: State) -> None:
+    """Count a step: in place for a tensor count, whose address a CUDA graph keeps."""
+    if isinstance(state["step"], Tensor):
+        state["step"].add_(1)
+    else:
+        state["step"] += 1
 
 
 class SGD(Optimizer):
@@ -57,21 +96,23 @@ class SGD(Optimizer):
             state["momentum"] = {k: torch.zeros_like(p) for k, p in params.items()}
         return state
 
-    def update(self, params: Params, updates: Params, state: State, lr: float) -> None:
-        m = self.momentum
+    def update(self, params: Params, updates: Params, state: State, lr: float | Tensor) -> None:
+        m, step = self.momentum, state["step"]
         for name, p in params.items():
             g = updates[name]
             if self.weight_decay:
                 g = g.add(p, alpha=self.weight_decay)
             if m:
                 buf = state["momentum"][name]
-                if state["step"] == 0:
+                if isinstance(step, Tensor):  # captured: the same choice, without a branch
+                    buf.copy_(torch.where(step == 0, g, torch.add(g, buf, alpha=m)))
+                elif step == 0:
                     buf.copy_(g)  # torch.optim starts the buffer at the first gradient
                 else:
                     torch.add(g, buf, alpha=m, out=buf)  # buf = g + m * buf, in one pass
                 g = g.add(buf, alpha=m) if self.nesterov else buf
-            p.add_(g, alpha=-lr)
-        state["step"] += 1
+            _descend(p, g, lr)
+        _advance(state)
 
 
 class Adam(Optimizer):
@@ -98,10 +139,13 @@ class Adam(Optimizer):
             "v": {k: torch.zeros_like(p) for k, p in params.items()},
         }
 
-    def update(self, params: Params, updates: Params, state: State, lr: float) -> None:
-        state["step"] += 1
+    def update(self, params: Params, updates: Params, state: State, lr: float | Tensor) -> None:
+        _advance(state)
         t = state["step"]
+        if isinstance(t, Tensor):  # captured: the powers in float64, as Python's are
+            t = t.to(torch.float64)
         bias1, bias2 = 1 - self.b1**t, 1 - self.b2**t
+        root2 = bias2.sqrt() if isinstance(t, Tensor) else math.sqrt(bias2)
         for name, p in params.items():
             g = updates[name]
             if self.weight_decay and self.decoupled:
@@ -111,8 +155,11 @@ class Adam(Optimizer):
             m, v = state["m"][name], state["v"][name]
             m.lerp_(g, 1 - self.b1)
             v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            denom = (v.sqrt() / math.sqrt(bias2)).add_(self.eps)
-            p.addcdiv_(m, denom, value=-lr / bias1)
+            denom = (v.sqrt() / root2).add_(self.eps)
+            if isinstance(t, Tensor):  # captured: a tensor step size cannot be a `value`
+                p.sub_(m / denom * (lr / bias1))
+            else:
+                p.addcdiv_(m, denom, value=-lr / bias1)
 
 
 class AdamW(Adam):

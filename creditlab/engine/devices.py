@@ -7,6 +7,9 @@ exact form here, once, and everything downstream compares exact devices.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from creditlab.errors import UsageError
@@ -44,3 +47,29 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
             f"device {str(device)!r}: torch sees {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
         )
     return torch.device("cuda", index)
+
+
+# torch.set_float32_matmul_precision's settings: "highest" is strict float32 (the default);
+# "high" lets float32 matrix products use TF32 tensor cores (NVIDIA Ampere and later: 10-bit
+# mantissas in the products, float32 sums); "medium" may go down to bfloat16 products.
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def check_matmul_precision(name: str) -> str:
+    if name not in MATMUL_PRECISIONS:
+        raise UsageError(
+            f"unknown matmul precision {name!r}; valid: {', '.join(MATMUL_PRECISIONS)}"
+        )
+    return name
+
+
+@contextmanager
+def matmul_precision(name: str) -> Iterator[None]:
+    """Run the block with float32 matrix products at precision `name`, then put back the
+    process's setting (it is global to the process: a run must not change it for the next)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(check_matmul_precision(name))
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -1,11 +1,25 @@
-"""A captured training step: the forward pass and the rule's updates as one compiled unit.
+"""A captured training step: forward pass, the rule's updates and the optimiser as one unit.
 
-`creditlab train --compile` runs each step's forward pass, backward sweep and weight updates
-through torch.compile, which fuses the engine's elementwise work into few kernels; on a GPU it
-uses mode="reduce-overhead", which also records the step as a CUDA graph and replays it, so a
-step costs one launch instead of dozens. The compiled function is our own explicit code (no
-autograd); torch.compile only makes it faster, and the updates equal eager's within float
-rounding (tests/test_compile.py). The optimiser (optim.py) then applies them as it always does.
+`creditlab train --compile` runs each step's forward pass, backward sweep, the rule's updates
+and the optimiser's step through torch.compile, which fuses the engine's elementwise work and
+the optimiser's into few kernels; on a GPU it uses mode="reduce-overhead", which also records
+the step as a CUDA graph and replays it, so a step costs one launch instead of dozens. The
+compiled function is our own explicit code (no autograd); torch.compile only makes it faster,
+and the trained weights equal eager's within float rounding (tests/test_compile.py).
+
+The optimiser runs in its capturable form (optim.py): the step count and the learning rate are
+0-d tensors on the device, so a schedule that changes the rate every step neither recompiles
+the step nor breaks the graph. The count is kept here on the device and the optimiser state's
+own count (a plain int, as checkpoints store it) is kept in step beside it. On a GPU the
+parameters, the optimiser's buffers, the count and the rate are marked as static addresses:
+the graph updates them where they live instead of copying them in and out at every replay.
+
+Batches: the training data is on the device from the start and each epoch's order is applied
+there (train.py); a step's batch is a slice of it, which the CUDA graph copies into its own
+input buffers at each replay (two device-to-device copies, about 0.4 MB at batch 128 on
+MNIST). Indexing the epoch's data inside the graph, from a device step counter, would save
+those two copies at the price of a static buffer per epoch; not done, as it was not measured
+to matter.
 
 A step is compiled once per batch shape (the full batches and the epoch's last, shorter one).
 Rules whose step cannot be captured fall back to eager, and the training loop says why in one
@@ -17,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from creditlab.engine.network import Network
+from creditlab.optim import Optimizer, State, captured_state
 from creditlab.rules import Rule
 
 Tensor = torch.Tensor
@@ -44,30 +59,81 @@ def compile_problem(rule: Rule, net: Network) -> str | None:
     return None
 
 
-class CompiledStep:
-    """rule.updates(net, x, y), compiled; the batch loss goes to rule.last_loss as in eager."""
+class CapturedOptimizer:
+    """What an optimiser's step needs inside a compiled function: the learning rate as a 0-d
+    tensor refilled before each step, and the optimiser state with its count as a device
+    tensor, kept beside the loop's own state (whose count stays a plain int, as eager keeps
+    it and checkpoints store it). On a GPU the parameters, the state's tensors and the rate
+    are marked as static addresses: the graph updates them where they live."""
 
-    def __init__(self, rule: Rule, net: Network):
-        self.rule, self.net = rule, net
+    def __init__(self, params: dict[str, Tensor], like: Tensor):
+        self.params = params
+        self.lr = torch.zeros((), dtype=like.dtype, device=like.device)
+        self.rate = 0.0  # the value in self.lr
+        self.cuda = like.device.type == "cuda"
+        self.state: State | None = None  # the optimiser state, its count on the device
+        self.source: State | None = None  # the loop's state it was made from
+        self.count = -1  # the source's step count, as the last step left it
+
+    def before(self, state: State, lr: float) -> tuple[State, Tensor]:
+        """The state and rate to hand to the compiled step for this step."""
+        if state is not self.source or state["step"] != self.count:
+            self._adopt(state)  # the first step, or a state restored from a checkpoint
+        if lr != self.rate:  # a write to the device only when the rate changed
+            self.lr.fill_(lr)
+            self.rate = lr
+        return self.state, self.lr
+
+    def after(self, state: State) -> None:
+        """Count the step in the loop's state, as eager's update does (the device count was
+        counted inside the step)."""
+        state["step"] += 1
+        self.count = state["step"]
+
+    def _adopt(self, state: State) -> None:
+        self.source, self.state = state, captured_state(state, self.lr.device)
+        self.count = state["step"]
+        if self.cuda:  # written in place by the graph: static, not copied at each replay
+            for tensor in (*self.params.values(), *_tensors(self.state), self.lr):
+                torch._dynamo.mark_static_address(tensor)
+
+
+class CompiledStep:
+    """One training step, compiled: rule.updates(net, x, y) and then opt.update(...) on the
+    network's parameters. The batch loss goes to rule.last_loss as in eager."""
+
+    def __init__(self, rule: Rule, net: Network, opt: Optimizer):
+        self.rule, self.net, self.opt = rule, net, opt
         _warm_up(rule, net)
+        self.params = net.parameters()
+        self.optimizer = CapturedOptimizer(self.params, next(iter(self.params.values())))
         self.cuda = net.device.type == "cuda"
         mode = "reduce-overhead" if self.cuda else None
         self.compiled = torch.compile(self._step, mode=mode, dynamic=False)
 
-    def _step(self, x: Tensor, y: Tensor):
+    def _step(self, x: Tensor, y: Tensor, state: State, lr: Tensor) -> Tensor | None:
         updates = self.rule.updates(self.net, x, y)
-        return updates, self.rule.last_loss
+        self.opt.update(self.params, updates, state, lr)
+        return self.rule.last_loss
 
-    def __call__(self, net: Network, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        if net is not self.net:
-            raise ValueError("a compiled step belongs to one network")
+    def __call__(self, x: Tensor, y: Tensor, state: State, lr: float) -> None:
+        """One step on the batch (x, y) at rate `lr`; counts the step in `state` as eager
+        does (a plain int)."""
+        captured, rate = self.optimizer.before(state, lr)
         if self.cuda:
             # A new step: the CUDA graph may reuse the last step's output memory, which the
-            # loop has finished with (the optimiser applied the updates, the loss was stored).
+            # loop has finished with (the loss was stored).
             torch.compiler.cudagraph_mark_step_begin()
-        updates, loss = self.compiled(x, y)
-        self.rule.last_loss = loss
-        return updates
+        self.rule.last_loss = self.compiled(x, y, captured, rate)
+        self.optimizer.after(state)
+
+
+def _tensors(value) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
 
 
 def _warm_up(rule: Rule, net: Network) -> None:

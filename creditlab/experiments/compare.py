@@ -36,7 +36,13 @@ from creditlab.errors import TrainingError, UsageError
 from creditlab.experiments import checkpoint, folders, report, settings
 from creditlab.experiments.stack import StackError
 from creditlab.experiments.stacked import StackedTrainer, members_that_fit
-from creditlab.experiments.train import TrainConfig, Trainer, differing_fields, targets_for
+from creditlab.experiments.train import (
+    FREE_ON_RESUME,
+    TrainConfig,
+    Trainer,
+    differing_fields,
+    targets_for,
+)
 from creditlab.rules import rule, rule_class
 
 DEFAULT_RULES = ("bp", "fa", "dfa", "dni")
@@ -133,7 +139,7 @@ def default_out_dir(
 ) -> Path:
     """reports/DATASET-HASH, the hash taken over the settings: the same command finds (and
     resumes) its own folder, and a different one never lands in it."""
-    settings = {k: v for k, v in base.to_dict().items() if k not in ("device", "data_dir")}
+    settings = {k: v for k, v in base.to_dict().items() if k not in FREE_ON_RESUME}
     settings.update(rule=None, seed=None, rules=list(rules), seeds=list(seeds), opts=rule_opts)
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
     dataset = re.sub(r"[^A-Za-z0-9_.-]+", "_", base.dataset).strip("_")

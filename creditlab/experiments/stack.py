@@ -27,6 +27,7 @@ from torch.utils import _pytree as pytree
 
 from creditlab.engine.binding import batching_fallback_allowed, bind_parameters, bound
 from creditlab.engine.network import Network
+from creditlab.optim import Optimizer, State
 from creditlab.rules import Rule
 from creditlab.rules.bp import Backprop
 from creditlab.rules.dfa import DirectFeedbackAlignment
@@ -207,6 +208,12 @@ class Stack:
             if self.compiled
             else self._batched
         )
+        # The step with a shared optimiser's update inside (see step_and_apply).
+        self._applied = (
+            torch.compile(self._batched_and_applied, mode=mode, dynamic=False)
+            if self.compiled
+            else None
+        )
 
     @property
     def size(self) -> int:
@@ -230,6 +237,30 @@ class Stack:
             updates, loss, metrics, state = self._step(self.params, x, y, extra, state)
         self.plan.state = state
         return updates, loss, metrics
+
+    def step_and_apply(
+        self, x: Tensor, y: Tensor, opt: Optimizer, opt_state: State, lr: Tensor
+    ) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """updates(x, y) and then opt.update on the stacked parameters, as one compiled unit
+        (one CUDA graph on a GPU) for a compiled stack whose members share one optimiser:
+        opt_state and lr in their captured form (captured.CapturedOptimizer). Returns the
+        batch losses (K,) and the metrics."""
+        if not self.compiled:
+            raise ValueError("step_and_apply is for a compiled stack; call updates")
+        extra, state = self.plan.extra(self.nets), self.plan.state
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with batching_fallback_allowed():
+            loss, metrics, state = self._applied(
+                self.params, x, y, extra, state, opt, opt_state, lr
+            )
+        self.plan.state = state
+        return loss, metrics
+
+    def _batched_and_applied(self, params, x, y, extra, state, opt, opt_state, lr):
+        updates, loss, metrics, state = self._batched(params, x, y, extra, state)
+        opt.update(params, updates, opt_state, lr)  # elementwise: the stack's is every member's
+        return loss, metrics, state
 
     def _batched(self, params, x, y, extra, state):
         in_dims = (0, 0, 0, None if extra is None else 0, 0)

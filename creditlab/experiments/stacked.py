@@ -23,7 +23,9 @@ from torch.utils import _pytree as pytree
 from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
+from creditlab.engine.devices import matmul_precision
 from creditlab.errors import TrainingError
+from creditlab.experiments.captured import CapturedOptimizer
 from creditlab.experiments.diagnostics import probe
 from creditlab.experiments.stack import Stack, StackError
 from creditlab.experiments.train import (
@@ -38,7 +40,7 @@ Tensor = torch.Tensor
 # What must be equal for runs to share a stack: the step's shapes and the loop's length.
 SHARED = ("dataset", "train_subset", "val_size", "model", "activation", "loss", "init")
 SHARED += ("dropout", "batch_size", "epochs", "patience", "probe_every", "probe_size")
-SHARED += ("device", "dtype")
+SHARED += ("device", "dtype", "matmul_precision")
 MEMORY_SHARE = 0.5  # the part of the free memory a stack may plan to use
 
 
@@ -109,11 +111,21 @@ class StackedTrainer:
         for t in trainers:
             t.params = t.net.parameters()  # the views into the stack
         self.shared = SharedOptimizer.for_members(trainers)
+        # A compiled stack with one shared optimiser runs the optimiser inside its step.
+        self.captured = (
+            CapturedOptimizer(self.stack.params, next(iter(self.stack.params.values())))
+            if self.shared and self.stack.compiled
+            else None
+        )
         self.progress, self.log = progress, log
         self.active = list(range(len(trainers)))  # members that have not diverged
         self.diverged: dict[int, dict[str, Any]] = {}  # the others' results
 
     def fit(self) -> list[dict[str, Any]]:
+        with matmul_precision(self.trainers[0].config.matmul_precision):
+            return self._fit()
+
+    def _fit(self) -> list[dict[str, Any]]:
         results: dict[int, dict[str, Any]] = {}
         for t in self.trainers:
             t.prepare_folder()
@@ -153,15 +165,20 @@ class StackedTrainer:
             index = order[:, step * size : (step + 1) * size]
             xb = data.train_x[index]
             yb = targets_for(first.net, data.train_y[index], data.n_classes)
-            updates, loss, metrics = self.stack.updates(xb, yb)
+            global_step = (epoch - 1) * steps + step
+            if self.captured:  # the shared optimiser's step is inside the compiled step
+                state, lr = self.captured.before(self.shared.state, first.schedule(global_step))
+                loss, metrics = self.stack.step_and_apply(xb, yb, self.shared.opt, state, lr)
+                self.captured.after(self.shared.state)
+            else:
+                updates, loss, metrics = self.stack.updates(xb, yb)
             losses[:, step] = loss
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0) + value.detach()
             if (step + 1) % 25 == 0 or step + 1 == steps:
                 self._check_finite(losses, checked, step + 1, epoch)
                 checked = step + 1
-            global_step = (epoch - 1) * steps + step
-            if self.shared:
+            if self.shared and not self.captured:
                 self.shared.update(self.stack.params, updates, first.schedule(global_step))
             for k in [] if self.shared else self.active:
                 t = self.trainers[k]

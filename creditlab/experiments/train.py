@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from creditlab.data import Dataset, load_dataset
 from creditlab.data.augment import image_shape_of, parse_augment, shift
 from creditlab.engine.activations import activation as lookup_activation
-from creditlab.engine.devices import resolve_device
+from creditlab.engine.devices import check_matmul_precision, matmul_precision, resolve_device
 from creditlab.engine.losses import loss as lookup_loss
 from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
@@ -39,8 +39,9 @@ from creditlab.rules import Rule, rule
 
 Tensor = torch.Tensor
 
-# Fields that may change between a run and its resumption without changing its course.
-FREE_ON_RESUME = ("data_dir", "device")
+# Fields that may change between a run and its resumption without changing its course (beyond
+# float rounding: the device and the precision of float32 matrix products say how, not what).
+FREE_ON_RESUME = ("data_dir", "device", "matmul_precision")
 # Seeds are mixed as seed * 1_000_003 + small offsets into 64-bit generator seeds: keep them small
 # enough that this cannot overflow.
 MAX_SEED = 2**32 - 1
@@ -82,6 +83,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
+    # torch.set_float32_matmul_precision during the run: "highest" (strict float32), "high"
+    # (TF32 on NVIDIA Ampere and later), "medium"; the process's setting is restored after.
+    matmul_precision: str = "highest"
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -120,6 +124,7 @@ class TrainConfig:
                 "raise the rate; give a min_lr <= lr"
             )
         resolve_dtype(self.dtype)
+        check_matmul_precision(self.matmul_precision)
         parse_augment(self.augment)
         self.betas = tuple(self.betas)
 
@@ -281,8 +286,8 @@ class Trainer:
                 f"{config.dataset} has {self.data.n_classes} classes"
             )
         self.rule.check(self.net)
-        self.rule_step = self._rule_step(compile)
         self.params = self.net.parameters()
+        self.compiled_step = self._compiled_step(compile)
         self.opt_state = self.opt.init(self.params)
         self.steps_per_epoch = math.ceil(self.data.train_x.shape[0] / config.batch_size)
         self.schedule = Schedule(
@@ -308,17 +313,18 @@ class Trainer:
         self.chance = guards.chance_rate(self.data.val_y, self.data.n_classes)
         self.warnings: list[str] = []
 
-    def _rule_step(self, compile: bool) -> Callable:
-        """rule.updates, or with `compile` its compiled form where the rule allows it."""
+    def _compiled_step(self, compile: bool) -> CompiledStep | None:
+        """With `compile`, the whole step (updates and optimiser) compiled where the rule allows
+        it; None: the step runs eagerly."""
         self.compiled = False
         if not compile:
-            return self.rule.updates
+            return None
         problem = compile_problem(self.rule, self.net)
         if problem:
             self.log(f"--compile: {self.rule.name} runs eagerly: {problem}")
-            return self.rule.updates
+            return None
         self.compiled = True
-        return CompiledStep(self.rule, self.net)
+        return CompiledStep(self.rule, self.net, self.opt)
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property
@@ -373,6 +379,10 @@ class Trainer:
         """Train to the end and write the results. With `until` (a tuning scheduler's
         milestone) stop after that epoch if the run goes on past it: the checkpoint is written
         as after every epoch, no results yet, and a later fit() goes on from there."""
+        with matmul_precision(self.config.matmul_precision):
+            return self._fit(until)
+
+    def _fit(self, until: int | None) -> dict[str, Any]:
         config = self.config
         self.prepare_folder()
         last = config.epochs if until is None else min(until, config.epochs)
@@ -464,7 +474,13 @@ class Trainer:
             xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
             if max_shift:
                 xb = shift(xb, image, max_shift, shifts)
-            updates = self.rule_step(net, xb, targets_for(net, yb, data.n_classes))
+            targets = targets_for(net, yb, data.n_classes)
+            global_step = (epoch - 1) * self.steps_per_epoch + step
+            lr = self.schedule(global_step)
+            if self.compiled_step:  # the optimiser's step is inside the compiled one
+                self.compiled_step(xb, targets, self.opt_state, lr)
+            else:
+                updates = self.rule.updates(net, xb, targets)
             if self.rule.last_loss is not None:
                 losses[step] = self.rule.last_loss
                 recorded += 1
@@ -475,9 +491,8 @@ class Trainer:
             if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
                 self._check_finite(losses, checked, step + 1, epoch)
                 checked = step + 1
-            global_step = (epoch - 1) * self.steps_per_epoch + step
-            lr = self.schedule(global_step)
-            self.opt.update(self.params, updates, self.opt_state, lr)
+            if not self.compiled_step:
+                self.opt.update(self.params, updates, self.opt_state, lr)
             if config.probe_every and (global_step + 1) % config.probe_every == 0:
                 self._sync()
                 probe_start = time.perf_counter()

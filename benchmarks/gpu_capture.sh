@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Issue 8's captured step on a GPU, one command (about 2 minutes on an H100/H200): the CUDA
+# tests of the compiled step (optimiser inside the CUDA graph), then the bp epoch and the 16
+# stacked networks, each in strict float32 and in TF32, each against plain PyTorch (eager, and
+# for bp also a CUDA graph of the whole step) run under the same precision in the same process.
+# Run from the repository root on a CUDA machine:
+#
+#     CREDITLAB_DATA=../shared/data bash benchmarks/gpu_capture.sh
+#
+# PYTHON picks the interpreter (default: python); each block runs under LIMIT seconds (default
+# 120) and is followed by its wall seconds.
+set -uo pipefail
+PY=${PYTHON:-python}
+LIMIT=${LIMIT:-120}
+export CREDITLAB_DATA=${CREDITLAB_DATA:-../shared/data}
+export PYTHONPATH=${PYTHONPATH:-$PWD}
+export PYTHONUNBUFFERED=1
+status=0
+run() {
+    echo
+    echo "=== $* ==="
+    local start=$SECONDS
+    timeout "$LIMIT" "$@" || status=1
+    echo "--- $((SECONDS - start)) s"
+}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+run $PY -m pytest -q -p no:cacheprovider -k "cuda or CUDA" tests/test_compile.py
+for precision in highest high; do
+    run $PY benchmarks/mlp_epoch.py --device cuda --compile --rounds 3 --matmul-precision $precision
+done
+for precision in highest high; do
+    run $PY benchmarks/stack_epoch.py --device cuda --compile --rounds 3 --matmul-precision $precision
+done
+exit $status
