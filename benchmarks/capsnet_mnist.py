@@ -20,11 +20,11 @@ import time
 
 import torch
 import torch.nn.functional as F
+from batches import epoch_batches
 from timing import sync
 
 from creditlab.data import load_dataset
-from creditlab.data.augment import image_shape_of, parse_augment, shift
-from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation, evaluate
+from creditlab.experiments.train import TrainConfig, Trainer, evaluate
 
 
 def squash(s: torch.Tensor) -> torch.Tensor:
@@ -88,17 +88,7 @@ def margin_loss(lengths, y):
 def torch_epoch(model, opt, data, config, epoch, device) -> float:
     sync(device)
     start = time.perf_counter()
-    order = epoch_permutation(config.seed, epoch, data.train_x.shape[0], device)
-    xs, ys = data.train_x[order], data.train_y[order]
-    max_shift = parse_augment(config.augment)
-    if max_shift:  # the shifts creditlab's loop draws, from the same seeded generator
-        shifts = torch.Generator(device=device)
-        shifts.manual_seed(config.seed * 1_000_003 + epoch + 7_919)
-        image = image_shape_of(data.image_shape, data.input_size)
-    for a in range(0, xs.shape[0], config.batch_size):
-        xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
-        if max_shift:
-            xb = shift(xb, image, max_shift, shifts)
+    for xb, yb in epoch_batches(data, config, epoch, device):  # creditlab's batches and shifts
         lengths, recon = model(xb, yb)
         loss = margin_loss(lengths, yb) + 0.0005 * (recon - xb).pow(2).sum(dim=1).mean()
         opt.zero_grad(set_to_none=True)

@@ -22,14 +22,16 @@ died in the first few dozen steps and fa and dfa barely learnt (see the README).
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
 import torch.nn.functional as F
+from batches import epoch_batches
 from timing import sync
 
 from creditlab.data import load_dataset
-from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation, evaluate
+from creditlab.experiments.train import TrainConfig, Trainer, evaluate
 
 TARGETS = {"bp": 0.91, "usf": 1.0, "brsf": 1.0, "frsf": 1.0, "fa": 1.70, "dfa": 1.61}
 
@@ -66,24 +68,42 @@ class TorchLeNet(torch.nn.Module):
         return out(f(f2(f(f1(h)))))
 
 
-def torch_epoch(model, opt, data, config, epoch, device) -> float:
+def torch_optimizer(model, config):
+    """torch.optim's counterpart of the run's optimiser (creditlab's follow torch.optim's
+    formulas; weight decay on every parameter, biases too, as creditlab applies it)."""
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[config.optimizer]
+    return kind(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+
+
+def torch_epoch(model, opt, schedule, data, config, epoch, device) -> float:
+    """One epoch of the PyTorch LeNet on creditlab's batches, at creditlab's learning rates."""
     sync(device)
     start = time.perf_counter()
-    order = epoch_permutation(config.seed, epoch, data.train_x.shape[0], device)
-    xs, ys = data.train_x[order], data.train_y[order]
-    for a in range(0, xs.shape[0], config.batch_size):
-        loss = F.cross_entropy(model(xs[a : a + config.batch_size]), ys[a : a + config.batch_size])
+    step = (epoch - 1) * schedule.steps_per_epoch
+    for xb, yb in epoch_batches(data, config, epoch, device):
+        for group in opt.param_groups:
+            group["lr"] = schedule(step)
+        loss = F.cross_entropy(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        step += 1
     sync(device)
     return time.perf_counter() - start
 
 
-def zero_output_weights(net) -> None:
-    """Set the weights into the output group to zero (its bias stays)."""
-    for i in net.groups[net.output_name].ins:
-        net.W[(i, net.output_name)].zero_()
+@torch.no_grad()
+def torch_accuracy(model, x, y) -> float:
+    wrong = sum(
+        int((model(x[a : a + 1000]).argmax(1) != y[a : a + 1000]).sum())
+        for a in range(0, x.shape[0], 1000)
+    )
+    return 1 - wrong / max(1, x.shape[0])
 
 
 def main() -> None:
@@ -92,7 +112,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--momentum", type=float, default=0.9, help="sgd only")
+    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--schedule", default="constant", choices=["constant", "step", "cosine"])
+    parser.add_argument("--warmup-epochs", type=float, default=0.0)
+    parser.add_argument("--step-epochs", type=int, default=10, help="step schedule")
+    parser.add_argument("--gamma", type=float, default=0.1, help="step schedule")
+    parser.add_argument("--augment", default=None, help="shift:K, random shifts up to K px")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--activation", default="relu", choices=sorted(ACTIVATIONS))
     parser.add_argument("--train-subset", type=int, default=None)
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
@@ -101,7 +130,8 @@ def main() -> None:
         nargs="*",
         default=["fa", "dfa"],
         metavar="RULE",
-        help="rules whose output layer starts at zero weights (default: fa dfa; none: no rule)",
+        help="rules whose output layer starts at zero weights, creditlab's --output-init zero "
+        "(default: fa dfa; the option alone: no rule)",
     )
     args = parser.parse_args()
     torch.set_flush_denormal(True)
@@ -113,8 +143,17 @@ def main() -> None:
             model="lenet",
             activation=args.activation,
             rule=name,
-            optimizer="adam",
+            output_init="zero" if name in args.zero_output else "random",
+            optimizer=args.optimizer,
             lr=args.lr,
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            schedule=args.schedule,
+            warmup_epochs=args.warmup_epochs,
+            step_epochs=args.step_epochs,
+            gamma=args.gamma,
+            augment=args.augment,
+            seed=args.seed,
             batch_size=args.batch_size,
             epochs=args.epochs,
             probe_every=0,
@@ -123,42 +162,47 @@ def main() -> None:
         )
         trainer = Trainer(config, progress=False, data=data)
         d, device = trainer.data, trainer.device
-        if name in args.zero_output:
-            zero_output_weights(trainer.net)
         reference = name == "bp" and not args.no_torch
         if reference:
             model = TorchLeNet(trainer.net, args.activation).to(device)
-            opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+            opt = torch_optimizer(model, trainer.config)
+            theirs_best = (-1.0, 0, None)  # as ours: the best validation epoch's weights
         ours, theirs = [], []
         best = (-1.0, 0, None)  # validation accuracy, epoch, parameters
         for epoch in range(1, args.epochs + 1):
             if reference and epoch % 2 == 0:  # alternate who goes first
-                theirs.append(torch_epoch(model, opt, d, config, epoch, device))
+                theirs.append(torch_epoch(model, opt, trainer.schedule, d, config, epoch, device))
             record = trainer.train_epoch(epoch)
             if record["val_accuracy"] > best[0]:
                 best = (record["val_accuracy"], epoch, trainer.net.copy_parameters())
             ours.append(record["seconds"])
             if reference and epoch % 2 == 1:
-                theirs.append(torch_epoch(model, opt, d, config, epoch, device))
+                theirs.append(torch_epoch(model, opt, trainer.schedule, d, config, epoch, device))
+            if reference:
+                theirs_val = torch_accuracy(model, d.val_x, d.val_y)
+                if theirs_val > theirs_best[0]:
+                    theirs_best = (theirs_val, epoch, copy.deepcopy(model.state_dict()))
             line = (
                 f"{name} epoch {epoch}: {ours[-1]:.1f} s, val accuracy {record['val_accuracy']:.4f}"
             )
             if reference:
-                line += f"; pytorch {theirs[-1]:.1f} s, ratio {ours[-1] / theirs[-1]:.3f}"
+                line += (
+                    f"; pytorch {theirs[-1]:.1f} s, ratio {ours[-1] / theirs[-1]:.3f}, "
+                    f"val accuracy {theirs_val:.4f}"
+                )
             print(line, flush=True)
         trainer.net.load_parameters(best[2])
         _, accuracy = evaluate(trainer.net, trainer.rule, d.test_x, d.test_y, d.n_classes)
         rows.append((name, 100 * (1 - accuracy), best[1], sum(ours) / len(ours)))
         if reference:
-            with torch.no_grad():
-                wrong = sum(
-                    int((model(d.test_x[a : a + 1000]).argmax(1) != d.test_y[a : a + 1000]).sum())
-                    for a in range(0, d.test_x.shape[0], 1000)
-                )
+            last = 1 - torch_accuracy(model, d.test_x, d.test_y)
+            model.load_state_dict(theirs_best[2])
+            error = 1 - torch_accuracy(model, d.test_x, d.test_y)
+            rows.append(("torch", 100 * error, theirs_best[1], sum(theirs) / len(theirs)))
             print(
-                f"pytorch reference after {args.epochs} epochs: test error "
-                f"{100 * wrong / d.test_x.shape[0]:.2f}%; creditlab / pytorch seconds per epoch "
-                f"= {sum(ours) / sum(theirs):.3f}"
+                f"pytorch reference: test error {100 * error:.2f}% (best validation epoch "
+                f"{theirs_best[1]}; after the last epoch {100 * last:.2f}%); creditlab / pytorch "
+                f"seconds per epoch = {sum(ours) / sum(theirs):.3f}"
             )
     print(f"\n{'rule':6s} {'test error':>10s} {'target':>7s} {'best epoch':>10s} {'s/epoch':>8s}")
     for name, error, best, seconds in rows:
