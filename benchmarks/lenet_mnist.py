@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import time
 
 import torch
@@ -31,6 +32,7 @@ from batches import epoch_batches
 from timing import sync
 
 from creditlab.data import load_dataset
+from creditlab.errors import TrainingError
 from creditlab.experiments.train import TrainConfig, Trainer, evaluate
 
 TARGETS = {"bp": 0.91, "usf": 1.0, "brsf": 1.0, "frsf": 1.0, "fa": 1.70, "dfa": 1.61}
@@ -169,10 +171,16 @@ def main() -> None:
             theirs_best = (-1.0, 0, None)  # as ours: the best validation epoch's weights
         ours, theirs = [], []
         best = (-1.0, 0, None)  # validation accuracy, epoch, parameters
+        diverged = False
         for epoch in range(1, args.epochs + 1):
             if reference and epoch % 2 == 0:  # alternate who goes first
                 theirs.append(torch_epoch(model, opt, trainer.schedule, d, config, epoch, device))
-            record = trainer.train_epoch(epoch)
+            try:
+                record = trainer.train_epoch(epoch)
+            except TrainingError as err:  # one rule's divergence ends its run, not the others'
+                print(f"{name} epoch {epoch}: diverged: {err}", flush=True)
+                diverged = True
+                break
             if record["val_accuracy"] > best[0]:
                 best = (record["val_accuracy"], epoch, trainer.net.copy_parameters())
             ours.append(record["seconds"])
@@ -191,6 +199,9 @@ def main() -> None:
                     f"val accuracy {theirs_val:.4f}"
                 )
             print(line, flush=True)
+        if diverged:
+            rows.append((f"{name} (diverged)", math.nan, best[1], math.nan))
+            continue
         trainer.net.load_parameters(best[2])
         _, accuracy = evaluate(trainer.net, trainer.rule, d.test_x, d.test_y, d.n_classes)
         rows.append((name, 100 * (1 - accuracy), best[1], sum(ours) / len(ours)))
@@ -204,10 +215,25 @@ def main() -> None:
                 f"{theirs_best[1]}; after the last epoch {100 * last:.2f}%); creditlab / pytorch "
                 f"seconds per epoch = {sum(ours) / sum(theirs):.3f}"
             )
-    print(f"\n{'rule':6s} {'test error':>10s} {'target':>7s} {'best epoch':>10s} {'s/epoch':>8s}")
+    print(f"\nrecipe: {recipe(args)}")
+    print(f"{'rule':6s} {'test error':>10s} {'target':>7s} {'best epoch':>10s} {'s/epoch':>8s}")
     for name, error, best, seconds in rows:
-        target = f"{TARGETS[name]:.2f}%" if name in TARGETS else "-"
-        print(f"{name:6s} {error:9.2f}% {target:>7s} {best:10d} {seconds:8.1f}")
+        goal = TARGETS.get(name)
+        target = f"{goal:.2f}%" if goal else "-"
+        met = " met" if goal and error <= goal else ""  # a diverged run's nan meets nothing
+        print(f"{name:6s} {error:9.2f}% {target:>7s} {best:10d} {seconds:8.1f}{met}")
+
+
+def recipe(args) -> str:
+    """The training settings in one line, for the log."""
+    parts = [f"{args.optimizer} lr {args.lr:g}"]
+    if args.optimizer == "sgd":
+        parts.append(f"momentum {args.momentum:g}")
+    parts += [f"weight decay {args.weight_decay:g}", f"batch {args.batch_size}"]
+    parts.append(f"{args.schedule} schedule, warm-up {args.warmup_epochs:g} epochs")
+    parts += [f"augment {args.augment}", f"{args.epochs} epochs", f"seed {args.seed}"]
+    parts.append(f"zero output weights for {' '.join(args.zero_output) or 'no rule'}")
+    return ", ".join(parts)
 
 
 if __name__ == "__main__":
