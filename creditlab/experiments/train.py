@@ -296,10 +296,10 @@ class Trainer:
                 f"output group {self.net.output_name!r} has {self.net.n_scores} units; "
                 f"{config.dataset} has {self.data.n_classes} classes"
             )
-        if config.output_init == "zero" and self.sources["output_init"] == "rule":
-            if zero_applies(self.net):  # recommended for dense outputs; a capsule one keeps its own
-                config = self.config = dataclasses.replace(config, output_init="random")
-                self.sources["output_init"] = "default"
+        recommended_zero = config.output_init == "zero" and self.sources["output_init"] == "rule"
+        if recommended_zero and zero_applies(self.net):  # a capsule output keeps its weights
+            config = self.config = dataclasses.replace(config, output_init="random")
+            self.sources["output_init"] = "default"
         apply_output_init(self.net, config.output_init)
         self.rule.check(self.net)
         self.rule_step = self._rule_step(compile)
