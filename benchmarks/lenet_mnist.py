@@ -205,6 +205,7 @@ def main() -> None:
         trainer.net.load_parameters(best[2])
         _, accuracy = evaluate(trainer.net, trainer.rule, d.test_x, d.test_y, d.n_classes)
         rows.append((name, 100 * (1 - accuracy), best[1], sum(ours) / len(ours)))
+        print(f"{name}: test error {100 * (1 - accuracy):.2f}% (best validation epoch {best[1]})")
         if reference:
             last = 1 - torch_accuracy(model, d.test_x, d.test_y)
             model.load_state_dict(theirs_best[2])

@@ -139,3 +139,34 @@ def test_a_capsule_output_cannot_start_at_zero():
     with pytest.raises(UsageError, match="needs a dense output group"):
         apply_output_init(net, "zero")
     apply_output_init(net, "random")  # leaves it as drawn
+
+
+@pytest.mark.parametrize("name", ["fa", "dfa"])
+def test_fa_and_dfa_recommend_the_zero_start_and_the_user_may_refuse_it(digits, name):
+    recommended = Trainer(dataclasses.replace(TINY, rule=name), progress=False, data=digits)
+    assert recommended.config.output_init == "zero"
+    assert recommended.sources["output_init"] == "rule"
+    assert all(bool((w == 0).all()) for w in output_weights(recommended.net))
+    config = dataclasses.replace(TINY, rule=name, output_init="random")
+    drawn = Trainer(config, progress=False, data=digits)
+    assert drawn.sources["output_init"] == "user"
+    assert all(bool((w != 0).any()) for w in output_weights(drawn.net))
+    bp = Trainer(dataclasses.replace(TINY, rule="bp"), progress=False, data=digits)
+    assert (bp.config.output_init, bp.sources["output_init"]) == ("random", "default")
+
+
+def test_a_capsule_output_keeps_its_weights_under_the_recommendation(digits, tmp_path):
+    """fa recommends the zero start for dense outputs; a capsule network trained by fa keeps its
+    drawn weights (the run records the default), and asking for zero there is refused."""
+    net = cl.Network(seed=0)
+    x = net.input((1, 8, 8))
+    pc = net.primary_capsules(net.conv(x, 4, kernel=3), types=2, dim=4, kernel=3)
+    net.output(net.capsules(pc, n=10, dim=6, routing=2), loss="margin")
+    spec = tmp_path / "caps.json"
+    spec.write_text(json.dumps(net.spec()))
+    config = dataclasses.replace(TINY, rule="fa", model=str(spec))
+    trainer = Trainer(config, progress=False, data=digits)
+    assert (trainer.config.output_init, trainer.sources["output_init"]) == ("random", "default")
+    assert all(bool((w != 0).any()) for w in output_weights(trainer.net))
+    with pytest.raises(UsageError, match="needs a dense output group"):
+        Trainer(dataclasses.replace(config, output_init="zero"), progress=False, data=digits)
