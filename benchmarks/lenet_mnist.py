@@ -1,22 +1,28 @@
 """LeNet-5 on MNIST trained by backpropagation and the rules that carry errors back otherwise,
-side by side, with a plain PyTorch LeNet (nn.Module + autograd) as the speed reference.
+side by side, with a plain PyTorch LeNet (nn.Module + autograd) as the reference.
 
 Every rule trains the same `lenet` model string (conv 6@5x5 padding 2, max pool, conv 16@5x5,
-max pool, dense 120-84-10, relu) from the same initial weights, on the same batches, with Adam
-at the same rate; the best validation epoch's test error is reported (the test set is never
-selected on). The PyTorch reference trains bp's network alike in the same process, epochs
-alternating with creditlab's bp, for the seconds-per-epoch ratio. The targets are BioTorch's
-published LeNet errors (bp 0.91%, usf/brsf/frsf 1.0%, fa 1.70%, dfa 1.61%, after 100 epochs).
+max pool, dense 120-84-10, relu) from the same initial weights, on the same batches, by one
+recipe (optimiser, learning rate and schedule, weight decay, batch size, random shifts: the
+options below, the same for every rule); the best validation epoch's test error is reported
+(the test set is never selected on). The PyTorch reference trains bp's network by the same
+recipe in the same process (torch.optim, creditlab's learning rate at every step, the same
+shifted batches; its best validation epoch too), epochs alternating with creditlab's bp, for
+the seconds-per-epoch ratio. The targets are BioTorch's published LeNet errors (bp 0.91%,
+usf/brsf/frsf 1.0%, fa 1.70%, dfa 1.61%, after 100 epochs). A rule that diverges is reported
+as such and the others go on.
 
-fa and dfa start with the output layer's weights at zero (`--zero-output`, default "fa dfa"):
-feedback alignment needs the forward weights above a hidden group to start small, so that they
-grow into alignment with the fixed feedback B (Lillicrap et al. 2016). From the default random
-start, relu LeNet's hidden groups, driven by e B while W_out is still unrelated to B, grew and
-died in the first few dozen steps and fa and dfa barely learnt (see the README).
+fa and dfa start with the output layer's weights at zero (`--zero-output`, default "fa dfa";
+the library's `--output-init zero`, which fa and dfa recommend): feedback alignment needs the
+forward weights above a hidden group to start small, so that they grow into alignment with the
+fixed feedback B (Lillicrap et al. 2016). From the default random start, relu LeNet's hidden
+groups, driven by e B while W_out is still unrelated to B, grew and died in the first few dozen
+steps and fa and dfa barely learnt (see the README).
 
-    python benchmarks/lenet_mnist.py --epochs 20                      # every rule, the target
+    python benchmarks/lenet_mnist.py --epochs 20 --optimizer adam --lr 1e-3 --schedule cosine \
+        --augment shift:2                                           # the README's recipe
     python benchmarks/lenet_mnist.py --rules bp fa --epochs 2 --train-subset 10000
-    python benchmarks/lenet_mnist.py --device cuda --epochs 20
+    bash benchmarks/gpu_lenet.sh                                    # every rule, on a GPU
 """
 
 from __future__ import annotations
