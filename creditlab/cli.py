@@ -66,6 +66,12 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--loss", default=d.loss, help="cross_entropy, mse or bce (default %(default)s)")
     p.add_argument("--init", default=None, help="glorot or he (default: by activation)")
+    p.add_argument(
+        "--output-init",
+        default=None,
+        help="the output layer's weights at the start: random (as drawn) or zero "
+        + "(default: the rule's recommendation, see `creditlab rules`, else random)",
+    )
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout on hidden groups")
     p.add_argument(
         "--augment", default=None, help="training batches: shift:K, random shifts of up to K pixels"
@@ -140,6 +146,7 @@ def config_from_args(args, rule_name: str, rule_opts: dict):
         activation=args.activation,
         loss=args.loss,
         init=args.init,
+        output_init=args.output_init,
         dropout=args.dropout,
         augment=args.augment,
         rule=rule_name,

@@ -8,6 +8,7 @@ import creditlab as cl
 from creditlab.errors import GraphError, UsageError
 from creditlab.experiments import gradcheck
 from creditlab.experiments.models import build_model
+from creditlab.experiments.output_init import apply_output_init
 from creditlab.rules.machinery.feedback import FeedbackRule
 
 CARRYING = ["bp", "fa", "dfa", "usf", "brsf", "frsf", "dni", "cdni"]
@@ -206,8 +207,7 @@ def test_fa_and_dfa_learn_a_relu_lenet_from_zero_output_weights(digits, name):
     p2 = net.pool(net.conv(p, 16, kernel=3, padding=1), 2, kind="max")
     h = net.dense(net.dense(p2, 120), 84)
     net.output(net.dense(h, 10, activation="identity", name="out"))
-    for i in net.groups["out"].ins:
-        net.W[(i, "out")].zero_()
+    apply_output_init(net, "zero")  # what --output-init zero does
     rule, opt = cl.rule(name), cl.optim.Adam()
     params = net.parameters()
     state = opt.init(params)

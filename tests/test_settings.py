@@ -34,6 +34,7 @@ def test_unset_settings_come_from_the_rule_then_the_default():
         "momentum": "default",
         "weight_decay": "default",
         "schedule": "default",
+        "output_init": "default",
     }
     config, sources = settings.resolve(TrainConfig(rule="bp"))
     assert (config.optimizer, config.lr, sources["lr"]) == ("sgd", 0.05, "rule")

@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "weight_decay": 0.0,
     "schedule": "constant",
+    "output_init": "random",  # the prediction group's weights as drawn (experiments/output_init.py)
 }
 
 

@@ -34,6 +34,7 @@ from creditlab.experiments.capsules import write_reconstructions
 from creditlab.experiments.captured import CompiledStep, compile_problem
 from creditlab.experiments.diagnostics import probe
 from creditlab.experiments.models import build_model
+from creditlab.experiments.output_init import apply_output_init, check_output_init, zero_applies
 from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
 from creditlab.rules import Rule, rule
 
@@ -42,6 +43,8 @@ Tensor = torch.Tensor
 # Fields that may change between a run and its resumption without changing its course (beyond
 # float rounding: the device and the precision of float32 matrix products say how, not what).
 FREE_ON_RESUME = ("data_dir", "device", "matmul_precision")
+# Fields added after runs were saved without them, with the value those runs had in effect.
+ADDED_LATER = {"output_init": "random"}
 # Seeds are mixed as seed * 1_000_003 + small offsets into 64-bit generator seeds: keep them small
 # enough that this cannot overflow.
 MAX_SEED = 2**32 - 1
@@ -59,6 +62,9 @@ class TrainConfig:
     activation: str = "relu"
     loss: str = "cross_entropy"
     init: str | None = None
+    # The prediction group's weights at the start: "random" (as drawn) or "zero"
+    # (experiments/output_init.py); None: unset, as the optimiser settings below.
+    output_init: str | None = None
     dropout: float = 0.0
     augment: str | None = None  # "shift:K": training images shifted by up to K pixels
     rule: str = "bp"
@@ -126,6 +132,8 @@ class TrainConfig:
         resolve_dtype(self.dtype)
         check_matmul_precision(self.matmul_precision)
         parse_augment(self.augment)
+        if self.output_init is not None:
+            check_output_init(self.output_init)
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +177,7 @@ def differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     free = set(FREE_ON_RESUME)
     if saved.get("schedule") != "cosine" and current.get("schedule") != "cosine":
         free.add("epochs")
+    saved = {**{k: v for k, v in ADDED_LATER.items() if k in current}, **saved}
     keys = (set(saved) | set(current)) - free
     return sorted(
         f"{k} (checkpoint {saved.get(k)!r}, now {current.get(k)!r})"
@@ -211,6 +220,13 @@ def epoch_permutation(seed: int, epoch: int, n: int, device: torch.device) -> Te
     resumed run and every rule in a comparison see the same batches."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).to(device)
+
+
+def shift_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The generator of an epoch's random shifts (--augment): seeded by (seed, epoch) like the
+    order, so a resumed run, and a reference trained beside it, shift alike."""
+    generator = torch.Generator(device=device)
+    return generator.manual_seed(seed * 1_000_003 + epoch + 7_919)
 
 
 def targets_for(net: Network, labels: Tensor, n_classes: int) -> Tensor:
@@ -285,6 +301,11 @@ class Trainer:
                 f"output group {self.net.output_name!r} has {self.net.n_scores} units; "
                 f"{config.dataset} has {self.data.n_classes} classes"
             )
+        recommended_zero = config.output_init == "zero" and self.sources["output_init"] == "rule"
+        if recommended_zero and zero_applies(self.net):  # a capsule output keeps its weights
+            config = self.config = dataclasses.replace(config, output_init="random")
+            self.sources["output_init"] = "default"
+        apply_output_init(self.net, config.output_init)
         self.rule.check(self.net)
         self.params = self.net.parameters()
         self.compiled_step = self._compiled_step(compile)
@@ -451,9 +472,8 @@ class Trainer:
         order = epoch_permutation(config.seed, epoch, n, self.device)
         xs, ys = data.train_x[order], data.train_y[order]
         max_shift = parse_augment(config.augment)
-        if max_shift:  # seeded by (seed, epoch) like the order, so a resumed run shifts alike
-            shifts = torch.Generator(device=self.device)
-            shifts.manual_seed(config.seed * 1_000_003 + epoch + 7_919)
+        if max_shift:
+            shifts = shift_generator(config.seed, epoch, self.device)
             image = image_shape_of(data.image_shape, data.input_size)
         losses = torch.zeros(self.steps_per_epoch, device=self.device)
         recorded = 0  # steps whose rule reported a batch loss (gradient-free rules may not)

@@ -26,7 +26,9 @@ apply.
 The start matters more than the scale on conv nets: with relu LeNet the rule barely learnt
 while the output layer's random initial weights were unrelated to B (the hidden groups grew
 and died), and learnt from output weights starting at zero, as feedback alignment needs
-(benchmarks/lenet_mnist.py starts them so; see the README's convolution results).
+(see the README's convolution results). So the rule recommends output_init "zero"
+(experiments/output_init.py; `--output-init random` restores the drawn start): on dense MLPs
+the start made no consistent difference either way (the README's recommended settings).
 """
 
 from __future__ import annotations
@@ -55,7 +57,12 @@ class DirectFeedbackAlignment(Rule):
     name = "dfa"
     summary = "direct feedback alignment: the output error reaches each hidden group via fixed B_j"
     any_kind = True
-    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
+    recommended: ClassVar[dict[str, Any]] = {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "output_init": "zero",  # see experiments/output_init.py
+    }
     options: ClassVar[dict[str, Option]] = {
         "scale": scale_option(
             0.5, "std of B_j as a multiple of the output group's initial weights' std (> 0)"
