@@ -10,19 +10,9 @@
 # most important first. SKIP_COMPARE=1 leaves out the compare timing (CPU against GPU);
 # STACK_TF32=1 adds the stacked benchmark with TF32 matrix products (both sides).
 set -uo pipefail
-PY=${PYTHON:-python}
 LIMIT=${LIMIT:-240}
-export CREDITLAB_DATA=${CREDITLAB_DATA:-../shared/data}
-export PYTHONPATH=${PYTHONPATH:-$PWD}
-export PYTHONUNBUFFERED=1
-status=0
-run() {
-    echo
-    echo "=== $* ==="
-    local start=$SECONDS
-    timeout "$LIMIT" "$@" || status=1
-    echo "--- $((SECONDS - start)) s"
-}
+# shellcheck source=benchmarks/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 run $PY -m pytest -q -p no:cacheprovider -k "cuda or CUDA" tests/

@@ -10,19 +10,9 @@
 # PYTHON picks the interpreter (default: python); each block runs under LIMIT seconds (default
 # 120) and is followed by its wall seconds.
 set -uo pipefail
-PY=${PYTHON:-python}
 LIMIT=${LIMIT:-120}
-export CREDITLAB_DATA=${CREDITLAB_DATA:-../shared/data}
-export PYTHONPATH=${PYTHONPATH:-$PWD}
-export PYTHONUNBUFFERED=1
-status=0
-run() {
-    echo
-    echo "=== $* ==="
-    local start=$SECONDS
-    timeout "$LIMIT" "$@" || status=1
-    echo "--- $((SECONDS - start)) s"
-}
+# shellcheck source=benchmarks/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 run $PY -m pytest -q -p no:cacheprovider -k "cuda or CUDA" tests/test_compile.py
 for precision in highest high; do

@@ -10,12 +10,10 @@
 # fa and dfa start from zero output weights (benchmarks/lenet_mnist.py --zero-output, the
 # library's --output-init zero), the other rules from the drawn ones. EPOCHS (default 20).
 set -uo pipefail
-PY=${PYTHON:-python}
+# shellcheck source=benchmarks/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
 LOG=${LOGDIR:-benchmarks/runs/gpu-lenet}
 mkdir -p "$LOG"
-export CREDITLAB_DATA=${CREDITLAB_DATA:-../shared/data}
-export PYTHONPATH=${PYTHONPATH:-$PWD}
-export PYTHONUNBUFFERED=1
 EPOCHS=${EPOCHS:-20}
 # The recipes: the same for every rule (README, "Convolutions and capsules"; every CPU run that
 # chose them is in benchmarks/results/lenet_recipes.md).

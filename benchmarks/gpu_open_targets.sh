@@ -13,12 +13,10 @@
 # race writes its rows every epoch, so a limit keeps what it measured. PYTHON picks the
 # interpreter (default: python); LOGDIR (default benchmarks/runs/gpu-open) gets one log per block.
 set -uo pipefail
-PY=${PYTHON:-python}
+# shellcheck source=benchmarks/gpu_common.sh
+source "$(dirname "$0")/gpu_common.sh"
 LOG=${1:-benchmarks/runs/gpu-open}
 mkdir -p "$LOG"
-export CREDITLAB_DATA=${CREDITLAB_DATA:-../shared/data}
-export PYTHONPATH=${PYTHONPATH:-$PWD}
-export PYTHONUNBUFFERED=1
 started=$SECONDS
 timed() {  # LIMIT LOGFILE COMMAND...: one block, its command and wall seconds in its log
     local limit=$1 log=$2 start=$SECONDS
