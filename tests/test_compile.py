@@ -39,6 +39,7 @@ def test_compiled_steps_equal_eager_steps(rule, digits):
     lines = []
     compiled = Trainer(config, progress=False, data=digits, compile=True, log=lines.append)
     assert compiled.compiled and isinstance(compiled.compiled_step, CompiledStep) and not lines
+    torch._dynamo.reset()  # no graph cached by an earlier test may serve this one
     graphs = counters["stats"]["unique_graphs"]
     for epoch in (1, 2):
         a, b = eager.train_epoch(epoch), compiled.train_epoch(epoch)
@@ -175,7 +176,7 @@ def test_rules_that_cannot_compile_say_why_and_run_eagerly(changes, why, digits)
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("rule", ["bp", "fa"])
 def test_compiled_steps_on_cuda_equal_eager_steps(rule, digits):
-    """On a GPU the step is compiled with mode="reduce-overhead" (a CUDA graph)."""
+    """On a GPU the compiled step is replayed from CUDA graphs (tests/test_cuda_graphs.py)."""
     config = dataclasses.replace(TINY, rule=rule, device="cuda", dtype="float32")
     eager = Trainer(config, progress=False, data=digits)
     compiled = Trainer(config, progress=False, data=digits, compile=True)
@@ -191,7 +192,8 @@ def test_compiled_steps_on_cuda_equal_eager_steps(rule, digits):
 @pytest.mark.parametrize("name", ["sgd nesterov, weight decay", "adamw"])
 def test_on_cuda_the_optimiser_runs_inside_the_cuda_graph(name, digits):
     """The whole step, optimiser included, is one CUDA graph: no recompile when the cosine
-    schedule moves the rate, no step that skips the graph, and eager's weights at the end."""
+    schedule moves the rate, every full batch after the warm-up calls replayed from the graph,
+    and eager's weights at the end."""
     config = dataclasses.replace(
         TINY,
         batch_size=20,
@@ -211,6 +213,9 @@ def test_on_cuda_the_optimiser_runs_inside_the_cuda_graph(name, digits):
     assert counters["stats"]["unique_graphs"] - graphs == 2
     assert counters["inductor"]["cudagraph_skips"] == skips
     assert compiled.opt_state["step"] == eager.opt_state["step"] == 10
+    # 8 full batches and 2 short ones; each shape warms up twice before its capture
+    replays = [s.replays for s in compiled.compiled_step.graphs.shapes.values()]
+    assert sorted(replays) == [0, 8 - 2]
     for name, p in eager.net.parameters().items():
         assert torch.allclose(compiled.net.parameters()[name], p, rtol=1e-4, atol=1e-5), name
 

@@ -1,6 +1,8 @@
 """The training loop: accuracy on digits, exact resume, divergence, checkpoints, results."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -138,6 +140,23 @@ def test_a_crash_while_writing_leaves_the_previous_checkpoint(tmp_path, monkeypa
     state = checkpoint.load(path)
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_get_the_permissions_open_would_give(tmp_path, umask):
+    """Atomic writes go through mkstemp, whose files are owner-only; a run's files must be
+    readable by whoever the user's umask lets read a file they write."""
+    old = os.umask(umask)
+    try:
+        checkpoint.save(tmp_path / "checkpoint.pt", {"epoch": 1})
+        checkpoint.write_json(tmp_path / "results.json", {"status": "finished"})
+        (tmp_path / "plain.txt").write_text("by open()")
+    finally:
+        os.umask(old)
+    expected = stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode)
+    assert expected == 0o666 & ~umask
+    for name in ("checkpoint.pt", "results.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == expected, name
 
 
 class Payload:

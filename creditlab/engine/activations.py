@@ -70,8 +70,9 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("relu", lambda s: s.clamp_min(0), lambda s, z: z.sign(), "he"),
         leaky_relu(LEAKY_SLOPE, "leaky_relu"),
         Activation("softplus", F.softplus, lambda s, z: torch.sigmoid(s), "he"),
-        # ELU with alpha = 1: below zero z = exp(s) - 1, so f'(s) = z + 1 there.
-        Activation("elu", F.elu, lambda s, z: (z + 1).masked_fill_(s > 0, 1.0), "he"),
+        # ELU with alpha = 1: below zero z = exp(s) - 1, so f'(s) = z + 1 there; above zero
+        # z = s > 0 and f'(s) = 1. z clamped at 0, plus 1, is both in one pass.
+        Activation("elu", F.elu, lambda s, z: z.clamp_max(0) + 1, "he"),
         Activation("gelu", _gelu, _gelu_df, "he"),
     ]
 }

@@ -2,10 +2,13 @@
 
 `creditlab train --compile` runs each step's forward pass, backward sweep, the rule's updates
 and the optimiser's step through torch.compile, which fuses the engine's elementwise work and
-the optimiser's into few kernels; on a GPU it uses mode="reduce-overhead", which also records
-the step as a CUDA graph and replays it, so a step costs one launch instead of dozens. The
-compiled function is our own explicit code (no autograd); torch.compile only makes it faster,
-and the trained weights equal eager's within float rounding (tests/test_compile.py).
+the optimiser's into few kernels. On a GPU the compiled step is also recorded as a CUDA graph
+and replayed, so a step costs one launch instead of dozens: captured by hand, one graph per
+batch shape (cuda_graphs.py), which leaves the host two copies and a replay per step. Where a
+capture fails, the step falls back, with one line, to torch.compile's own CUDA graphs
+(mode="reduce-overhead"), which run more Python per step. The compiled function is our own
+explicit code (no autograd); torch.compile only makes it faster, and the trained weights equal
+eager's within float rounding (tests/test_compile.py).
 
 The optimiser runs in its capturable form (optim.py): the step count and the learning rate are
 0-d tensors on the device, so a schedule that changes the rate every step neither recompiles
@@ -15,11 +18,10 @@ parameters, the optimiser's buffers, the count and the rate are marked as static
 the graph updates them where they live instead of copying them in and out at every replay.
 
 Batches: the training data is on the device from the start and each epoch's order is applied
-there (train.py); a step's batch is a slice of it, which the CUDA graph copies into its own
-input buffers at each replay (two device-to-device copies, about 0.4 MB at batch 128 on
-MNIST). Indexing the epoch's data inside the graph, from a device step counter, would save
-those two copies at the price of a static buffer per epoch; not done, as it was not measured
-to matter.
+there (train.py); a step's batch is a slice of it, which is copied into the graph's own input
+buffers before each replay (two device-to-device copies, about 0.4 MB at batch 128 on MNIST).
+Indexing the epoch's data inside the graph, from a device step counter, would save those two
+copies at the price of a static buffer per epoch; not done, as it was not measured to matter.
 
 A step is compiled once per batch shape (the full batches and the epoch's last, shorter one).
 Rules whose step cannot be captured fall back to eager, and the training loop says why in one
@@ -28,9 +30,13 @@ line (`compile_problem`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from creditlab.engine.network import Network
+from creditlab.experiments.cuda_graphs import CaptureFailed, CudaGraphBackend, StepGraphs
 from creditlab.optim import Optimizer, State, captured_state
 from creditlab.rules import Rule
 
@@ -100,14 +106,36 @@ class CapturedOptimizer:
 
 class CompiledStep:
     """One training step, compiled: rule.updates(net, x, y) and then opt.update(...) on the
-    network's parameters. The batch loss goes to rule.last_loss as in eager."""
+    network's parameters. The batch loss goes to rule.last_loss as in eager. On a GPU the
+    compiled step is replayed from CUDA graphs captured by hand (`graphs="captured"`), or from
+    torch.compile's own (`graphs="compiler"`: the fallback, and a benchmark's comparison)."""
 
-    def __init__(self, rule: Rule, net: Network, opt: Optimizer):
-        self.rule, self.net, self.opt = rule, net, opt
+    def __init__(
+        self,
+        rule: Rule,
+        net: Network,
+        opt: Optimizer,
+        graphs: str = "captured",
+        log: Callable[[str], None] = print,
+        backend: Any = None,
+    ):
+        if graphs not in ("captured", "compiler"):
+            raise ValueError(f"graphs must be 'captured' or 'compiler', not {graphs!r}")
+        self.rule, self.net, self.opt, self.log = rule, net, opt, log
         _warm_up(rule, net)
         self.params = net.parameters()
         self.optimizer = CapturedOptimizer(self.params, next(iter(self.params.values())))
         self.cuda = net.device.type == "cuda"
+        if backend is None and self.cuda and graphs == "captured":
+            backend = CudaGraphBackend(net.device)
+        self.graphs: StepGraphs | None = None
+        if backend is not None:  # (on the CPU only in tests, with a stand-in for CUDA graphs)
+            self.compiled = torch.compile(self._step, dynamic=False)
+            self.graphs = StepGraphs(self.compiled, backend)
+        else:
+            self._compile_with_compiler_graphs()
+
+    def _compile_with_compiler_graphs(self) -> None:
         mode = "reduce-overhead" if self.cuda else None
         self.compiled = torch.compile(self._step, mode=mode, dynamic=False)
 
@@ -116,15 +144,32 @@ class CompiledStep:
         self.opt.update(self.params, updates, state, lr)
         return self.rule.last_loss
 
+    def reset(self) -> None:
+        """Something the step reads was replaced (a rule's state loaded on resume): capture
+        its graphs again."""
+        if self.graphs is not None:
+            self.graphs.reset()
+
     def __call__(self, x: Tensor, y: Tensor, state: State, lr: float) -> None:
         """One step on the batch (x, y) at rate `lr`; counts the step in `state` as eager
         does (a plain int)."""
         captured, rate = self.optimizer.before(state, lr)
-        if self.cuda:
-            # A new step: the CUDA graph may reuse the last step's output memory, which the
-            # loop has finished with (the loss was stored).
-            torch.compiler.cudagraph_mark_step_begin()
-        self.rule.last_loss = self.compiled(x, y, captured, rate)
+        if self.graphs is not None:
+            try:
+                self.rule.last_loss = self.graphs(x, y, captured, rate)
+            except CaptureFailed as err:  # the step has not run: run it the other way
+                self.log(
+                    f"--compile: the step could not be captured in a CUDA graph ({err}); "
+                    "it runs in torch.compile's own CUDA graphs"
+                )
+                self.graphs = None
+                self._compile_with_compiler_graphs()
+        if self.graphs is None:
+            if self.cuda:
+                # A new step: the CUDA graph may reuse the last step's output memory, which
+                # the loop has finished with (the loss was stored).
+                torch.compiler.cudagraph_mark_step_begin()
+            self.rule.last_loss = self.compiled(x, y, captured, rate)
         self.optimizer.after(state)
 
 

@@ -345,7 +345,7 @@ class Trainer:
             self.log(f"--compile: {self.rule.name} runs eagerly: {problem}")
             return None
         self.compiled = True
-        return CompiledStep(self.rule, self.net, self.opt)
+        return CompiledStep(self.rule, self.net, self.opt, log=self.log)
 
     # ---- checkpoints ----------------------------------------------------------------------
     @property
@@ -388,6 +388,8 @@ class Trainer:
         self.best = state["best"]
         self.opt_state = _to_device(state["optimizer"], self.device)
         self.rule.load_state_dict(_to_device(state["rule"], self.device))
+        if self.compiled_step:  # a CUDA graph holds the addresses of the rule's tensors
+            self.compiled_step.reset()
         self.net.rng.set_state(state["rng"])
         self.history = state["history"]
         self.epoch = state["epoch"]
