@@ -155,7 +155,8 @@ class Adam(Optimizer):
             m, v = state["m"][name], state["v"][name]
             m.lerp_(g, 1 - self.b1)
             v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-            denom = (v.sqrt() / root2).add_(self.eps)
+            # One new tensor, not two: in place, div_ rounds exactly as `/` does.
+            denom = v.sqrt().div_(root2).add_(self.eps)
             if isinstance(t, Tensor):  # captured: a tensor step size cannot be a `value`
                 p.sub_(m / denom * (lr / bias1))
             else:

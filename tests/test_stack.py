@@ -102,6 +102,15 @@ def test_rules_with_state_match_separate_runs(name):
     _check([(name, {})] * 2, lambda k: Adam(), [0.01, 0.02])
 
 
+@pytest.mark.parametrize(
+    "opts", [{"synth_optimizer": "sgd"}, {"synth": "mlp", "hidden": 5}, {"boundaries": ("h2",)}]
+)
+def test_synthesizers_stepped_outside_vmap_match_separate_runs(opts):
+    # The stack steps every member's synthesizers at once, outside vmap: each synthesizer
+    # optimiser and model, and a boundary left without one, as in a separate run.
+    _check([("dni", opts)] * 3, lambda k: SGD(momentum=0.9), [0.05, 0.1, 0.02])
+
+
 def test_the_stack_changes_every_member():
     nets, rules = _members([("bp", {})] * 2, [0, 1])
     before = [n.copy_parameters() for n in nets]

@@ -50,7 +50,7 @@ def bound(net: Network, params: Params):
 
 @contextmanager
 def batching_fallback_allowed():
-    """Inside vmap, ops without a batching rule (addmm_ into a batched sum, Adam's lerp_) run
+    """Inside vmap, ops without a batching rule (addmm_ into a batched sum) run
     member by member, as separate runs would; PyTorch warns about it every time, which says
     nothing new to a user of this library."""
     with warnings.catch_warnings():

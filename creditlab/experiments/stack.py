@@ -26,6 +26,7 @@ from torch.func import vmap
 from torch.utils import _pytree as pytree
 
 from creditlab.engine.binding import batching_fallback_allowed, bind_parameters, bound
+from creditlab.engine.host_memory import keep_freed_memory
 from creditlab.engine.network import Network
 from creditlab.optim import Optimizer, State
 from creditlab.rules import Rule
@@ -57,6 +58,10 @@ class StackedRule:
 
     def run(self, net: Network, x: Tensor, y: Tensor, extra: Any, state: Any):
         return self.template.updates(net, x, y), state
+
+    def carry(self, state: Any) -> None:
+        """Take what the step returned in the state's place."""
+        self.state = state
 
     def sync(self) -> None:
         """Hand the carried state back to each member's own rule (before a checkpoint or a
@@ -104,9 +109,9 @@ class _GivenFeedbackRule(FeedbackRule):
 
 class CarriedState(StackedRule):
     compilable = False  # the template rule keeps (batched) state between calls
-    """Rules with tensors of their own that the step reads (dfa's fixed B_j) or trains (the
-    synthesizers of dni and cdni): the members' states are stacked, loaded into the template
-    rule inside vmap, and its state after the step is carried to the next one."""
+    """Rules with tensors of their own that the step reads (dfa's fixed B_j): the members'
+    states are stacked, loaded into the template rule inside vmap, and its state after the
+    step is carried to the next one."""
 
     def __init__(self, rules, nets, prime: Callable[[Rule, Network], None]):
         super().__init__(rules, nets)
@@ -142,6 +147,68 @@ class CarriedState(StackedRule):
             r.load_state_dict(self._join([t[k] for t in self.state]))
 
 
+class TrainedSynthesizers(StackedRule):
+    """dni and cdni: the synthesizers' parameters (theta) go into the step stacked (dim 0), and
+    their gradients come out of it; the synthesizers' optimiser then steps every member at once
+    outside vmap, on the stacked theta and optimiser state, as SharedOptimizer (stacked.py) does
+    for the networks: its formulas are elementwise, so the stack's step is every member's.
+
+    Why not CarriedState: inside vmap, Adam's lerp_, addcmul_ and addcdiv_ have no batching rule
+    and ran member by member, and the whole state went through state_dict and load_state_dict
+    (copies of every tensor, and pytree) at every step: the stack was 1.5 times slower than
+    the same runs one by one (benchmarks/compare_timing.py --per-rule)."""
+
+    def __init__(self, rules, nets):
+        super().__init__(rules, nets)
+        for r, n in zip(rules, nets, strict=True):
+            _prime_dni(r, n)
+        # The template finds its boundaries and synthesizers once, from the first member's
+        # state; at every step it reads the batched theta instead of one of its own.
+        sg = self.template.sg
+        sg.load_state_dict(rules[0].state_dict())
+        sg.setup(nets[0])
+        sg.theta = sg.opt_state = None
+        first = rules[0].sg
+        self.opt, self.lr = first.opt, first.lr
+        self.state = stacked_state([r.sg.theta for r in rules])  # theta, carried into vmap
+        self.opt_state = stacked_state([r.sg.opt_state for r in rules])
+
+    def run(self, net, x, y, extra, theta):
+        sg = self.template.sg
+        sg.theta, sg.deferred = theta, {}
+        try:
+            return self.template.updates(net, x, y), sg.deferred
+        finally:
+            sg.theta, sg.deferred = None, None  # batched values must not outlive vmap
+
+    def carry(self, grads):
+        if grads:  # none when there is no boundary
+            self.opt.update(self.state, grads, self.opt_state, self.lr)
+
+    def sync(self):
+        for k, r in enumerate(self.rules):  # load_state_dict copies: members own their state
+            state = {"theta": self.state, "optimizer": self.opt_state}
+            r.load_state_dict(member_state(state, k))
+
+
+def stacked_state(states: Sequence[Any]) -> Any:
+    """The members' states (nested dicts of tensors and numbers, one structure) as one: every
+    tensor stacked on a new dim 0; plain numbers (an optimiser's step count, the same for
+    members that step together) taken from the first."""
+    leaves, spec = pytree.tree_flatten(states[0])
+    flat = [pytree.tree_flatten(state)[0] for state in states]
+    stacked = [
+        torch.stack([f[n] for f in flat]) if isinstance(v, Tensor) else v
+        for n, v in enumerate(leaves)
+    ]
+    return pytree.tree_unflatten(stacked, spec)
+
+
+def member_state(state: Any, k: int) -> Any:
+    """Member k's part of a stacked_state: views of its slices, and the plain numbers."""
+    return pytree.tree_map(lambda v: v[k] if isinstance(v, Tensor) else v, state)
+
+
 def _prime_dfa(rule: DirectFeedbackAlignment, net: Network) -> None:
     rule.B.get(net)
 
@@ -168,7 +235,7 @@ def stacked_rule(rules: Sequence[Rule], nets: Sequence[Network]) -> StackedRule 
     if kind is DirectFeedbackAlignment:
         return CarriedState(rules, nets, _prime_dfa)
     if issubclass(kind, DNI) and rules[0].oracle is None:
-        return CarriedState(rules, nets, _prime_dni)
+        return TrainedSynthesizers(rules, nets)
     return f"rule {names[0]} has no stacked form (it draws randomness or steps differently)"
 
 
@@ -188,6 +255,8 @@ class Stack:
             if net.spec() != spec or (net.dtype, net.device) != (first.dtype, first.device):
                 raise ValueError("stacked networks must share architecture, dtype and device")
         self.nets, self.rules = list(nets), list(rules)
+        if first.device.type == "cpu":
+            keep_freed_memory()  # a stack's larger temporaries would page-fault every step
         plan = stacked_rule(self.rules, self.nets)
         if isinstance(plan, str):  # refused before any member's parameters are rebound
             raise StackError(plan)
@@ -235,7 +304,7 @@ class Stack:
             torch.compiler.cudagraph_mark_step_begin()
         with batching_fallback_allowed():
             updates, loss, metrics, state = self._step(self.params, x, y, extra, state)
-        self.plan.state = state
+        self.plan.carry(state)
         return updates, loss, metrics
 
     def step_and_apply(
@@ -254,7 +323,7 @@ class Stack:
             loss, metrics, state = self._applied(
                 self.params, x, y, extra, state, opt, opt_state, lr
             )
-        self.plan.state = state
+        self.plan.carry(state)
         return loss, metrics
 
     def _batched_and_applied(self, params, x, y, extra, state, opt, opt_state, lr):

@@ -27,7 +27,7 @@ from creditlab.engine.devices import matmul_precision
 from creditlab.errors import TrainingError
 from creditlab.experiments.captured import CapturedOptimizer
 from creditlab.experiments.diagnostics import probe
-from creditlab.experiments.stack import Stack, StackError
+from creditlab.experiments.stack import Stack, StackError, member_state, stacked_state
 from creditlab.experiments.train import (
     TrainConfig,
     Trainer,
@@ -243,14 +243,7 @@ class SharedOptimizer:
     def __init__(self, trainers: Sequence[Trainer]):
         self.trainers = list(trainers)
         self.opt = trainers[0].opt
-        states = [t.opt_state for t in trainers]
-        leaves, self.spec = pytree.tree_flatten(states[0])
-        flat = [pytree.tree_flatten(state)[0] for state in states]
-        self.leaves = [
-            torch.stack([f[n] for f in flat]) if isinstance(v, Tensor) else v
-            for n, v in enumerate(leaves)
-        ]
-        self.state = pytree.tree_unflatten(self.leaves, self.spec)
+        self.state = stacked_state([t.opt_state for t in trainers])
         self.sync()
 
     @classmethod
@@ -269,10 +262,8 @@ class SharedOptimizer:
     def sync(self) -> None:
         """Give each member an opt_state of views into the stacked state, with the current
         plain numbers (the step count)."""
-        leaves = pytree.tree_flatten(self.state)[0]
         for k, t in enumerate(self.trainers):
-            mine = [v[k] if isinstance(v, Tensor) else v for v in leaves]
-            t.opt_state = pytree.tree_unflatten(mine, self.spec)
+            t.opt_state = member_state(self.state, k)
 
 
 def _numbers(state: Any) -> list:

@@ -228,6 +228,10 @@ class SyntheticGradients:
         self.theta: dict[str, Tensor] | None = None
         self.opt_state: dict[str, Any] | None = None
         self.oracle: Oracle | None = None
+        # A stack (experiments/stack.py) sets a dict here on its own template: step then leaves
+        # the synthesizers' gradients in it, and the stack's optimiser applies them to every
+        # member at once outside torch.func.vmap (see TrainedSynthesizers there).
+        self.deferred: dict[str, Tensor] | None = None
 
     # ---- set-up -----------------------------------------------------------------------------
     def setup(self, net: Network) -> None:
@@ -305,7 +309,9 @@ class SyntheticGradients:
                 grads.update(self.synths[b].gradients(self.theta, u, h, error))
         if self.boundaries:
             metrics["synth_loss"] = sum(metrics.values()) / len(self.boundaries)
-        if grads:
+        if grads and self.deferred is not None:
+            self.deferred.update(grads)
+        elif grads:
             self.opt.update(self.theta, grads, self.opt_state, self.lr)
         return deltas, trace, metrics
 
