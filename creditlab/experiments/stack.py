@@ -26,7 +26,6 @@ from torch.func import vmap
 from torch.utils import _pytree as pytree
 
 from creditlab.engine.binding import batching_fallback_allowed, bind_parameters, bound
-from creditlab.engine.host_memory import keep_freed_memory
 from creditlab.engine.network import Network
 from creditlab.optim import Optimizer, State
 from creditlab.rules import Rule
@@ -255,8 +254,6 @@ class Stack:
             if net.spec() != spec or (net.dtype, net.device) != (first.dtype, first.device):
                 raise ValueError("stacked networks must share architecture, dtype and device")
         self.nets, self.rules = list(nets), list(rules)
-        if first.device.type == "cpu":
-            keep_freed_memory()  # a stack's larger temporaries would page-fault every step
         plan = stacked_rule(self.rules, self.nets)
         if isinstance(plan, str):  # refused before any member's parameters are rebound
             raise StackError(plan)

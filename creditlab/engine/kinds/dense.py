@@ -7,7 +7,6 @@ flat. Its signal to group i is delta_j W_ij^T, or delta_j B with a rule's B in W
 from __future__ import annotations
 
 import torch
-from torch._C._functorch import is_batchedtensor
 
 from creditlab.engine.kinds.base import Kind
 
@@ -44,11 +43,6 @@ class Dense(Kind):
         return out.addmm_(delta, F)
 
     def weight_grad(self, net, trace, i, group, delta):
-        if is_batchedtensor(delta):
-            # Under torch.func.vmap (a stack) addmm becomes mm, then a multiply and an add
-            # over the whole (K, size_i, size_j) result; mm and an in-place scale are the same
-            # arithmetic, with one pass and one new tensor fewer.
-            return torch.mm(trace.sent(i).t(), delta).mul_(1.0 / delta.shape[0])
         # z_i^T delta_j / N as one product: addmm's alpha scales inside the matrix product
         # (beta=0 ignores the placeholder), saving a pass over the (size_i, size_j) result.
         return torch.addmm(
