@@ -239,6 +239,20 @@ def test_a_saved_state_that_does_not_fit_the_network_is_refused():
         other.updates(large, x, y)
 
 
+@pytest.mark.parametrize("name", ["dni", "cdni"])
+def test_a_rule_used_on_a_second_network_that_it_does_not_fit_is_refused(name):
+    """A rule object keeps the synthesizers made for the network it first trained; on another
+    network of other sizes it says so, instead of failing inside a matrix product."""
+    first, other = cl.mlp([4, 5, 3], seed=0), cl.mlp([4, 7, 3], seed=0)
+    rule = cl.rule(name)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    rule.updates(first, x, y)
+    with pytest.raises(UsageError, match=r"made for another network.*make a new one"):
+        rule.updates(other, x, y)
+    rule.updates(first, x, y)  # still fine on its own network
+    assert cl.rule(name).updates(other, x, y).keys() == other.parameters().keys()
+
+
 def test_loading_an_empty_state_starts_the_synthesizers_afresh():
     net = make_dag(loss="mse")
     x, y = gradcheck.random_batch(net, 6, seed=0)

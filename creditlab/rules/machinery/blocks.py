@@ -228,6 +228,7 @@ class SyntheticGradients:
         self.theta: dict[str, Tensor] | None = None
         self.opt_state: dict[str, Any] | None = None
         self.oracle: Oracle | None = None
+        self.net: Network | None = None  # the network last set up for (checked at each step)
         # A stack (experiments/stack.py) sets a dict here on its own template: step then leaves
         # the synthesizers' gradients in it, and the stack's optimiser applies them to every
         # member at once outside torch.func.vmap (see TrainedSynthesizers there).
@@ -235,6 +236,7 @@ class SyntheticGradients:
 
     # ---- set-up -----------------------------------------------------------------------------
     def setup(self, net: Network) -> None:
+        self.net = net
         self.boundaries = resolve_boundaries(net, self.names, self.rule)
         extra = net.n_scores if self.conditioned else 0
         self.synths = {}
@@ -257,12 +259,15 @@ class SyntheticGradients:
             for k in set(shapes) | set(self.theta)
             if k not in shapes or k not in self.theta or tuple(self.theta[k].shape) != shapes[k]
         )
-        if not bad and set(self.opt_state) != set(self.opt.init({})):
+        # (a stack's template carries no optimiser state: the stack steps it outside vmap)
+        opt_keys = set(self.opt_state) if self.opt_state is not None else set(self.opt.init({}))
+        if not bad and opt_keys != set(self.opt.init({})):
             bad = ["the optimiser state"]
         if bad:
             raise UsageError(
-                f"the saved state of rule {self.rule!r} does not fit this network and these "
-                f"options: {', '.join(bad)} differ"
+                f"the state of rule {self.rule!r} (saved, or made for another network) does "
+                f"not fit this network and these options: {', '.join(bad)} differ; a rule "
+                "object trains one network: make a new one for another"
             )
 
     # ---- one step ---------------------------------------------------------------------------
@@ -280,7 +285,7 @@ class SyntheticGradients:
         `delta_o` the output's delta comes from outside the loss (y is not needed unless the
         synthesizers are conditioned); `trace` is a training forward pass of x already run.
         """
-        if self.boundaries is None:
+        if self.boundaries is None or net is not self.net:
             self.setup(net)
         trace = trace if trace is not None else net.forward(x, train=True, labels=y)
         c = condition(net, y) if self.conditioned else None

@@ -142,8 +142,9 @@ class InverseMappings:
         )
         if bad:
             raise UsageError(
-                f"the saved state of rule {self.rule!r} does not fit this network and these "
-                f"options: inverse parameters {', '.join(bad)} differ"
+                f"the state of rule {self.rule!r} (saved, or made for another network) does "
+                f"not fit this network and these options: inverse parameters {', '.join(bad)} "
+                "differ; a rule object trains one network: make a new one for another"
             )
         self.theta = {name: p.to(net.device, net.dtype) for name, p in self.theta.items()}
 
