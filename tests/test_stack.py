@@ -97,9 +97,11 @@ def test_a_compiled_stack_matches_separate_runs():
     _check(specs, lambda k: SGD(momentum=0.9), [0.1, 0.2, 0.05], steps=3, compile=True)
 
 
-def test_a_compiled_dni_stack_matches_separate_runs():
-    # The synthesizers' gradients leave the compiled step and their optimiser steps outside it.
-    _check([("dni", {})] * 2, lambda k: Adam(), [0.01, 0.02], steps=3, compile=True)
+@pytest.mark.parametrize("name", ["dfa", "dni"])
+def test_a_compiled_stack_of_a_rule_with_state_matches_separate_runs(name):
+    # dfa's fixed matrices are handed to the compiled step; dni's synthesizers' gradients
+    # leave it, and their optimiser steps outside it.
+    _check([(name, {})] * 2, lambda k: Adam(), [0.01, 0.02], steps=3, compile=True)
 
 
 @pytest.mark.parametrize("name", ["dfa", "dni", "cdni"])

@@ -57,8 +57,10 @@ def _same_weights(path_a, path_b):
     [
         [("bp", 0, 0.1, {}), ("bp", 1, 0.05, {}), ("bp", 2, 0.2, {})],
         [("fa", 0, 0.1, {}), ("usf", 1, 0.05, {}), ("fa", 2, 0.1, {"scale": 1.0})],
+        [("dfa", 0, 0.1, {}), ("dfa", 1, 0.05, {})],
+        [("dni", 0, 0.1, {}), ("dni", 1, 0.05, {})],
     ],
-    ids=["bp-seeds-and-lrs", "fa-usf-mixed"],
+    ids=["bp-seeds-and-lrs", "fa-usf-mixed", "dfa-seeds", "dni-seeds"],
 )
 def test_stacked_members_equal_their_separate_runs(members, digits, tmp_path):
     configs = [
@@ -131,26 +133,27 @@ def test_compare_stacks_by_default_and_matches_no_stack(tmp_path, capsys):
     assert (out / "index.html").exists() and (out / "table.md").exists()
 
 
-def test_an_interrupted_stacked_compare_resumes(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("interrupted", ["fa", "dfa"])
+def test_an_interrupted_stacked_compare_resumes(interrupted, tmp_path, monkeypatch, capsys):
     original = StackedTrainer.train_epoch
 
     def crash(self, epoch):
-        if self.trainers[0].config.rule == "fa" and epoch == 2:
+        if self.trainers[0].config.rule == interrupted and epoch == 2:
             raise KeyboardInterrupt
         return original(self, epoch)
 
     monkeypatch.setattr(StackedTrainer, "train_epoch", crash)
-    args = ["compare", *COMPARE, "--rules", "bp,fa", "--seeds", "2"]
+    args = ["compare", *COMPARE, "--rules", f"bp,{interrupted}", "--seeds", "2"]
     assert cli.main([*args, "--out", str(tmp_path / "broken")]) == 130
     monkeypatch.setattr(StackedTrainer, "train_epoch", original)
     assert cli.main([*args, "--out", str(tmp_path / "broken")]) == 0
     printed = capsys.readouterr().out
     assert (
-        "fa seed 0: resuming from epoch 1" in printed
+        f"{interrupted} seed 0: resuming from epoch 1" in printed
         and "bp seeds" not in printed.split("resuming")[-1]
     )
     assert cli.main([*args, "--out", str(tmp_path / "straight")]) == 0
-    for run in ("bp-seed0", "bp-seed1", "fa-seed0", "fa-seed1"):
+    for run in ("bp-seed0", "bp-seed1", f"{interrupted}-seed0", f"{interrupted}-seed1"):
         a = json.loads((tmp_path / "broken" / "runs" / run / "results.json").read_text())
         b = json.loads((tmp_path / "straight" / "runs" / run / "results.json").read_text())
         _same_history(a["history"], b["history"])

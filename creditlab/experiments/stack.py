@@ -18,7 +18,7 @@ runs with randomness="error", so any other draw fails loudly instead of silently
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -106,44 +106,40 @@ class _GivenFeedbackRule(FeedbackRule):
         return self.B
 
 
-class CarriedState(StackedRule):
-    compilable = False  # the template rule keeps (batched) state between calls
-    """Rules with tensors of their own that the step reads (dfa's fixed B_j): the members'
-    states are stacked, loaded into the template rule inside vmap, and its state after the
-    step is carried to the next one."""
+class GivenDirectFeedback(StackedRule):
+    """dfa: each member's fixed B_j, joined into one matrix as dfa joins them, are stacked
+    outside vmap and handed to the template's sweep, as GivenFeedback hands fa its B. They
+    never change during training, so they are stacked again only when a member's matrices
+    were replaced (a restored state). Nothing is carried from step to step."""
 
-    def __init__(self, rules, nets, prime: Callable[[Rule, Network], None]):
+    def __init__(self, rules, nets):
         super().__init__(rules, nets)
-        for r, n in zip(rules, nets, strict=True):
-            prime(r, n)  # draw or set up what the rule creates lazily on its first step
-        states = [r.state_dict() for r in rules]
-        self._split(states[0])
-        flat = [pytree.tree_flatten(s)[0] for s in states]
-        self.state = [torch.stack([f[n] for f in flat]) for n in self.tensor_at]
+        self.template = _GivenDirectFeedbackRule(**rules[0].opts)
+        self._cache: tuple[tuple, Tensor | None, list[int]] | None = None
 
-    def _split(self, state: Any) -> list[Tensor]:
-        """Remember the state's structure and plain numbers; return its tensors. Plain numbers
-        (an optimiser's step count) are the same for every member and stay outside vmap,
-        which batches tensors only."""
-        leaves, self.spec = pytree.tree_flatten(state)
-        self.tensor_at = [n for n, v in enumerate(leaves) if isinstance(v, Tensor)]
-        self.leaves = leaves
-        return [leaves[n] for n in self.tensor_at]
-
-    def _join(self, tensors: Sequence[Tensor]) -> Any:
-        leaves = list(self.leaves)
-        for n, t in zip(self.tensor_at, tensors, strict=True):
-            leaves[n] = t
-        return pytree.tree_unflatten(leaves, self.spec)
+    def extra(self, nets):
+        joined = [r.joined_feedback(n) for r, n in zip(self.rules, nets, strict=True)]
+        key = tuple((id(B), B._version) for B, _ in joined if B is not None)
+        if self._cache is None or self._cache[0] != key:
+            B_all = None if joined[0][0] is None else torch.stack([B for B, _ in joined])
+            self._cache = (key, B_all, joined[0][1])
+        return self._cache[1]
 
     def run(self, net, x, y, extra, state):
-        self.template.load_state_dict(self._join(state))
-        updates = self.template.updates(net, x, y)
-        return updates, self._split(self.template.state_dict())
+        self.template.given = (extra, self._cache[2])
+        try:
+            return self.template.updates(net, x, y), state
+        finally:
+            self.template.given = None  # batched values must not outlive vmap
 
-    def sync(self):
-        for k, r in enumerate(self.rules):
-            r.load_state_dict(self._join([t[k] for t in self.state]))
+
+class _GivenDirectFeedbackRule(DirectFeedbackAlignment):
+    """dfa's sweep with the joined B handed in (stacked) instead of its own."""
+
+    given: tuple[Tensor | None, list[int]] | None = None
+
+    def joined_feedback(self, net):
+        return self.given
 
 
 class TrainedSynthesizers(StackedRule):
@@ -152,10 +148,10 @@ class TrainedSynthesizers(StackedRule):
     outside vmap, on the stacked theta and optimiser state, as SharedOptimizer (stacked.py) does
     for the networks: its formulas are elementwise, so the stack's step is every member's.
 
-    Why not CarriedState: inside vmap, Adam's lerp_, addcmul_ and addcdiv_ have no batching rule
-    and ran member by member, and the whole state went through state_dict and load_state_dict
-    (copies of every tensor, and pytree) at every step: the stack was 1.5 times slower than
-    the same runs one by one (benchmarks/compare_timing.py --per-rule)."""
+    Why not carry the state through the step: inside vmap, Adam's lerp_, addcmul_ and addcdiv_
+    have no batching rule and ran member by member, and the whole state went through
+    state_dict and load_state_dict (copies of every tensor, and pytree) at every step: the
+    stack was 1.5 times slower than the same runs one by one (compare_timing.py --per-rule)."""
 
     def __init__(self, rules, nets):
         super().__init__(rules, nets)
@@ -208,10 +204,6 @@ def member_state(state: Any, k: int) -> Any:
     return pytree.tree_map(lambda v: v[k] if isinstance(v, Tensor) else v, state)
 
 
-def _prime_dfa(rule: DirectFeedbackAlignment, net: Network) -> None:
-    rule.B.get(net)
-
-
 def _prime_dni(rule: DNI, net: Network) -> None:
     if rule.sg.boundaries is None:
         rule.sg.setup(net)
@@ -232,7 +224,7 @@ def stacked_rule(rules: Sequence[Rule], nets: Sequence[Network]) -> StackedRule 
     if kind is Backprop:
         return Stateless(rules, nets)
     if kind is DirectFeedbackAlignment:
-        return CarriedState(rules, nets, _prime_dfa)
+        return GivenDirectFeedback(rules, nets)
     if issubclass(kind, DNI) and rules[0].oracle is None:
         return TrainedSynthesizers(rules, nets)
     return f"rule {names[0]} has no stacked form (it draws randomness or steps differently)"

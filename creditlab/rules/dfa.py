@@ -102,8 +102,9 @@ class DirectFeedbackAlignment(Rule):
         std = self.scale * net.init_std(net.output_name)
         return random_matrix(net, shape, std, self.opts["distribution"], seed_for(net, "dfa", j))
 
-    def _all(self, net: Network) -> tuple[torch.Tensor | None, list[int]]:
-        """[B_j for every hidden j] as one matrix, joined once per binding, and the sizes."""
+    def joined_feedback(self, net: Network) -> tuple[torch.Tensor | None, list[int]]:
+        """[B_j for every hidden j] as one matrix, joined once per binding, and the sizes
+        (a stack hands its members' joined matrices to the sweep in this method's place)."""
         if net is not self.B.net:
             self.check(net)  # sized before drawn
         matrices = self.B.get(net)
@@ -126,7 +127,7 @@ class DirectFeedbackAlignment(Rule):
     def _hidden_deltas(self, net, trace, deltas):
         """Add delta_j = f'(s_j) * (e B_j) for every hidden j with parameters to the output
         deltas e (several outputs' deltas side by side), all groups in one product."""
-        B_all, sizes = self._all(net)
+        B_all, sizes = self.joined_feedback(net)
         if sizes:
             e = (
                 torch.cat(list(deltas.values()), dim=1)
