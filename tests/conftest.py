@@ -35,6 +35,19 @@ def digits():
     return load_dataset("digits", progress=False)
 
 
+def train_on_digits(net, rule_name: str, digits, epochs: int, batch: int = 32, lr: float = 3e-3):
+    """`epochs` passes over digits' training set in its order: rule's updates, applied by Adam."""
+    import creditlab as cl
+
+    rule, opt = cl.rule(rule_name), cl.optim.Adam()
+    params = net.parameters()
+    state = opt.init(params)
+    for _ in range(epochs):
+        for a in range(0, len(digits.train_y), batch):
+            u = rule.updates(net, digits.train_x[a : a + batch], digits.train_y[a : a + batch])
+            opt.update(params, u, state, lr)
+
+
 def make_dag(dtype=torch.float64, seed: int = 0, loss: str = "mse"):
     """The issue's example network: x feeds a and b, a feeds b and c, b feeds c."""
     import creditlab as cl

@@ -10,6 +10,7 @@ from creditlab.engine.losses import loss
 from creditlab.errors import GraphError
 from creditlab.experiments import gradcheck
 from creditlab.experiments.models import build_model
+from tests.conftest import train_on_digits
 from tests.test_conv import CARRYING, Transposed
 
 
@@ -171,13 +172,7 @@ def test_capsule_net_trains_on_digits(digits):
     pc = net.primary_capsules(c, types=4, dim=4, kernel=3, stride=1)
     dc = net.capsules(pc, n=10, dim=8, routing=2)
     net.output(dc, loss="margin")
-    rule, opt = cl.rule("bp"), cl.optim.Adam()
-    params = net.parameters()
-    state = opt.init(params)
-    for _ in range(3):
-        for a in range(0, len(digits.train_y), 32):
-            u = rule.updates(net, digits.train_x[a : a + 32], digits.train_y[a : a + 32])
-            opt.update(params, u, state, 3e-3)
+    train_on_digits(net, "bp", digits, epochs=3)
     scores = net.loss_fn.scores(net.predict(digits.test_x))
     assert (scores.argmax(1) == digits.test_y).float().mean() > 0.9
 

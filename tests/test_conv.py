@@ -10,6 +10,7 @@ from creditlab.experiments import gradcheck
 from creditlab.experiments.models import build_model
 from creditlab.experiments.output_init import apply_output_init
 from creditlab.rules.machinery.feedback import FeedbackRule
+from tests.conftest import train_on_digits
 
 CARRYING = ["bp", "fa", "dfa", "usf", "brsf", "frsf", "dni", "cdni"]
 
@@ -173,13 +174,7 @@ def test_conv_net_trains_to_accuracy_on_digits(digits, name, at_least):
     p = net.pool(c, 2, kind="max")
     c2 = net.conv(p, 8, kernel=3, padding=1)
     net.output(net.dense(net.dense(c2, 32), 10, activation="identity"))
-    rule, opt = cl.rule(name), cl.optim.Adam()
-    params = net.parameters()
-    state = opt.init(params)
-    for _ in range(8):
-        for a in range(0, len(digits.train_y), 32):
-            u = rule.updates(net, digits.train_x[a : a + 32], digits.train_y[a : a + 32])
-            opt.update(params, u, state, 3e-3)
+    train_on_digits(net, name, digits, epochs=8)
     accuracy = (net.predict(digits.test_x).argmax(1) == digits.test_y).float().mean()
     assert accuracy > at_least
 
@@ -208,12 +203,6 @@ def test_fa_and_dfa_learn_a_relu_lenet_from_zero_output_weights(digits, name):
     h = net.dense(net.dense(p2, 120), 84)
     net.output(net.dense(h, 10, activation="identity", name="out"))
     apply_output_init(net, "zero")  # what --output-init zero does
-    rule, opt = cl.rule(name), cl.optim.Adam()
-    params = net.parameters()
-    state = opt.init(params)
-    for _ in range(3):
-        for a in range(0, len(digits.train_y), 32):
-            u = rule.updates(net, digits.train_x[a : a + 32], digits.train_y[a : a + 32])
-            opt.update(params, u, state, 3e-3)
+    train_on_digits(net, name, digits, epochs=3)
     accuracy = (net.predict(digits.test_x).argmax(1) == digits.test_y).float().mean()
     assert accuracy > 0.75
