@@ -44,7 +44,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig()
     p.add_argument(
-        "--dataset", default=d.dataset, help="mnist, digits or idx:PATH (default %(default)s)"
+        "--dataset",
+        default=d.dataset,
+        help="mnist, digits, idx:PATH, cifar10, cifar100 or cifar100:coarse (default %(default)s)",
     )
     p.add_argument("--data-dir", default=None, help="folder holding the dataset's files")
     p.add_argument(
@@ -74,7 +76,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout on hidden groups")
     p.add_argument(
-        "--augment", default=None, help="training batches: shift:K, random shifts of up to K pixels"
+        "--augment",
+        default=None,
+        help="training batches: shift:K (random shifts of up to K pixels), crop:P (random crops "
+        "of the image padded by P), flip (random mirror images), or several, e.g. crop:4,flip",
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
