@@ -24,10 +24,12 @@ Params = dict[str, Tensor]
 def parameter_slots(net: Network) -> dict[str, tuple[dict, Any]]:
     """Per parameter name, the dict of the network that holds it and its key there."""
     slots: dict[str, tuple[dict, Any]] = {}
-    for j in net.order[1:]:
-        for i in net.groups[j].ins:
+    for j in net.order[1:]:  # the parameters Network.parameters() lists, and only those
+        kind = net.kind(j)
+        for i in net.groups[j].ins if kind.weighted else ():  # pooling has no weights
             slots[weight_name(i, j)] = (net.W, (i, j))
-        slots[bias_name(j)] = (net.b, j)
+        if kind.has_bias(net.groups[j]):
+            slots[bias_name(j)] = (net.b, j)
     return slots
 
 
