@@ -105,6 +105,11 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         default=d.step_epochs,
         help="step schedule: epochs between decays",
     )
+    p.add_argument(
+        "--milestones",
+        default=None,
+        help="step schedule: decay at these epochs instead, e.g. 100,150,200 (as MultiStepLR)",
+    )
     p.add_argument("--gamma", type=float, default=d.gamma, help="step schedule: decay factor")
     p.add_argument("--min-lr", type=float, default=d.min_lr, help="cosine schedule: final rate")
     p.add_argument(
@@ -164,6 +169,7 @@ def config_from_args(args, rule_name: str, rule_opts: dict):
         schedule=args.schedule,
         warmup_epochs=args.warmup_epochs,
         step_epochs=args.step_epochs,
+        milestones=args.milestones,
         gamma=args.gamma,
         min_lr=args.min_lr,
         epochs=args.epochs,

@@ -35,7 +35,7 @@ from creditlab.experiments.captured import CompiledStep, compile_problem
 from creditlab.experiments.diagnostics import probe
 from creditlab.experiments.models import build_model
 from creditlab.experiments.output_init import apply_output_init, check_output_init, zero_applies
-from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
+from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer, parse_milestones
 from creditlab.rules import Rule, rule
 
 Tensor = torch.Tensor
@@ -79,6 +79,7 @@ class TrainConfig:
     schedule: str | None = None
     warmup_epochs: float = 0.0
     step_epochs: int = 10
+    milestones: str | None = None  # "step": decay at these epochs, e.g. "100,150,200"
     gamma: float = 0.1
     min_lr: float = 0.0
     epochs: int = 20
@@ -132,6 +133,7 @@ class TrainConfig:
         resolve_dtype(self.dtype)
         check_matmul_precision(self.matmul_precision)
         parse_augment(self.augment)
+        parse_milestones(self.milestones)
         if self.output_init is not None:
             check_output_init(self.output_init)
         self.betas = tuple(self.betas)
@@ -320,6 +322,7 @@ class Trainer:
             config.gamma,
             config.min_lr,
             0.0 if self.rule.applies_own_step else config.warmup_epochs,
+            parse_milestones(config.milestones),
         )
         n_probe = min(config.probe_size, self.data.train_x.shape[0])
         self.probe_batch = (
