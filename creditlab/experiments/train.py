@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.data.augment import augment, image_shape_of, parse_augment
+from creditlab.engine import torch_models
 from creditlab.engine.activations import activation as lookup_activation
 from creditlab.engine.devices import check_matmul_precision, matmul_precision, resolve_device
 from creditlab.engine.losses import loss as lookup_loss
@@ -616,6 +617,11 @@ class Trainer:
             write_reconstructions(
                 self.net, data.test_x, data.image_shape, self.out_dir / "recon.png"
             )
+            if torch_models.is_torch_model(self.config.model):  # the user's module, trained
+                module_path = self.out_dir / "module.pt"
+                torch_models.write_module(
+                    self.config.model, self.net, module_path, self.config.seed
+                )
             self.net.load_parameters(current)
             checkpoint.write_json(self.out_dir / "results.json", results)
         return results
