@@ -27,6 +27,7 @@ masks are drawn by the network's own generator).
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -265,6 +266,16 @@ class _Converter:
             what = node.op
         return f"node {node.name!r}, {what}"
 
+    def _name(self, node: fx.Node) -> str:
+        """A new group's name: its module's path for a module (features.6), else the path of
+        the module whose forward made it and the operation (layer1.0.add), made unique."""
+        if node.op == "call_module":
+            return self._fresh(node.target)
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        base = re.sub(r"_\d+$", "", node.name)
+        return self._fresh(f"{path}.{base}" if path else base)
+
     def _fresh(self, base: str) -> str:
         name, k = base, 1
         while name in self.taken or name in self.net.groups:
@@ -328,7 +339,7 @@ class _Converter:
         ):
             group.act = lookup_activation(act)
             return i
-        return self.net.add(i, activation=act, name=self._fresh(node.name)).name
+        return self.net.add(i, activation=act, name=self._name(node)).name
 
     def _dropout(self, node: fx.Node, p: float) -> str:
         i = self._input(node)
@@ -338,7 +349,7 @@ class _Converter:
         if not group.is_input and group.dropout == 0.0 and self._alone(i, node):
             group.dropout = float(p)
             return i
-        return self.net.add(i, name=self._fresh(node.name), dropout=float(p)).name
+        return self.net.add(i, name=self._name(node), dropout=float(p)).name
 
     def _flat_alias(self, node: fx.Node) -> str:
         """A value that is the group's activity flattened to (N, features): the same group."""
@@ -365,7 +376,7 @@ class _Converter:
                 f"it adds values of shapes {self._shape(a)} and {self._shape(b)}; a residual "
                 "addition needs the same shape (no broadcasting)"
             )
-        return self.net.add([ga, gb], name=self._fresh(node.name)).name
+        return self.net.add([ga, gb], name=self._name(node)).name
 
     def _pool(self, node: fx.Node, mode: str, kernel, stride, padding, ceil, extra_ok) -> str:
         i = self._image_input(node)
@@ -376,7 +387,7 @@ class _Converter:
                 "only pooling without padding, ceil_mode=False, dilation 1 and no "
                 "divisor_override is supported"
             )
-        return self.net.pool(i, k, kind=mode, stride=s, name=self._fresh(node.name)).name
+        return self.net.pool(i, k, kind=mode, stride=s, name=self._name(node)).name
 
     # ---- the nodes ------------------------------------------------------------------------
     def _convert(self, node: fx.Node) -> None:
@@ -520,7 +531,7 @@ class _Converter:
         if output_size not in (1, (1, 1), [1, 1]):
             raise _Refusal(f"adaptive average pooling to {output_size}: only to 1 is supported")
         i = self._image_input(node)
-        return self.net.global_pool(i, name=self._fresh(node.name)).name
+        return self.net.global_pool(i, name=self._name(node)).name
 
     def _function(self, node: fx.Node) -> str:
         f = node.target

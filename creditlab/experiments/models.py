@@ -9,6 +9,8 @@
   8-D capsules, 9x9, stride 2; DigitCaps one 16-D capsule per class, 3 routing iterations, margin
   loss; a decoder 512-1024-image reading the masked digit capsules, reconstruction loss weighted
   0.0005); "capsnet:small" is the same with 64 conv1 channels and 8 primary types, for CPUs;
+- "resnet20" and "vgg:small": He et al.'s CIFAR ResNet-20 and a small VGG, both with batch
+  norm (see experiments/zoo.py);
 - a path to a JSON file holding a network spec (see Network.from_spec); its input and output
   groups may give "size": "auto" to take the dataset's input size and number of classes.
 """
@@ -24,8 +26,19 @@ import torch
 from creditlab.data.augment import image_shape_of
 from creditlab.engine.network import Network, mlp
 from creditlab.errors import UsageError
+from creditlab.experiments import zoo
 
-MODEL_KINDS = ("mlp:H1-H2-...", "skip:H1-H2-...", "lenet", "capsnet", "capsnet:small", "PATH.json")
+MODEL_KINDS = (
+    "mlp:H1-H2-...",
+    "skip:H1-H2-...",
+    "lenet",
+    "capsnet",
+    "capsnet:small",
+    "resnet20",
+    "vgg:small",
+    "PATH.json",
+)
+IMAGE_PRESETS = {"resnet20": zoo.resnet20, "vgg:small": zoo.vgg_small}
 # conv1 channels and primary capsule types of the capsule networks
 CAPSNETS = {"capsnet": (256, 32), "capsnet:small": (64, 8)}
 
@@ -61,6 +74,9 @@ def build_model(
 ) -> Network:
     """The network `model` names, for inputs of `input_size` (images of `image_shape`, (H, W)
     or (C, H, W), for the convolutional models) and `n_outputs` classes."""
+    if model in IMAGE_PRESETS:
+        image = _image(model, input_size, image_shape)
+        return IMAGE_PRESETS[model](image, n_outputs, dtype, device, seed)
     if model in ("lenet", *CAPSNETS):
         image = _image(model, input_size, image_shape)
         if model == "lenet":
