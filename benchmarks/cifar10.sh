@@ -9,16 +9,20 @@
 # (dfa: 0.001), momentum 0.9, weight decay 1e-4, batch 128, 250 epochs, lr x0.1 as epochs 100,
 # 150 and 200 begin (MultiStepLR), Xavier (Glorot) initialisation, random horizontal flips and
 # 32x32 crops of the image padded by 4, 45k/5k train/validation split, test error of the epoch
-# with the best validation accuracy. Where creditlab differs: the validation split is the last
-# 5,000 training images (BioTorch draws 5,000 at random), the per-channel normalisation uses
-# the 45,000 training images' statistics (BioTorch's constants are the usual 50,000-image
-# ones), and the crop pads with the mean colour (BioTorch pads with black before normalising).
+# with the best validation accuracy. Where creditlab differs (docs/results/cifar10.md): the
+# validation split is the last 5,000 training images (BioTorch draws 5,000 at random); the
+# per-channel normalisation uses the 45,000 training images' statistics (BioTorch's constants
+# are the usual 50,000-image ones); the crop pads with the mean colour (BioTorch pads with black
+# before normalising); the resnet20 preset has option-B (projection) shortcuts where the shape
+# changes and He-initialised convolutions (BioTorch's ResNet-20: option A, Xavier); the preset
+# takes no --init.
 #
 # The data: cifar-10-binary.tar.gz or cifar-10-batches-bin/ in DATA (default: $CREDITLAB_DATA,
 # else the cache, else it is downloaded and checked). Each rule writes LOGDIR/RULE/ (a run folder:
 # results.json, history, checkpoint; LOGDIR defaults to benchmarks/runs/cifar10) and
 # LOGDIR/RULE.log; a rerun resumes each run from its checkpoint. The runs go side by side on the
-# GPU (PARALLEL=1 runs one at a time). EPOCHS (default 250), SEED (default 0).
+# GPU (PARALLEL=1 runs one at a time). EPOCHS (default 250), SEED (default 0), DEVICE (default
+# cuda; cpu for a smoke test), EXTRA (more options, e.g. "--train-subset 512").
 set -uo pipefail
 PY=${PYTHON:-python}
 export PYTHONPATH=${PYTHONPATH:-$PWD}
@@ -26,6 +30,7 @@ export PYTHONUNBUFFERED=1
 LOG=${LOGDIR:-benchmarks/runs/cifar10}
 EPOCHS=${EPOCHS:-250}
 SEED=${SEED:-0}
+DEVICE=${DEVICE:-cuda}
 mkdir -p "$LOG"
 rules=("$@")
 [ ${#rules[@]} -eq 0 ] && rules=(bp fa dfa usf brsf frsf)
@@ -37,11 +42,11 @@ recipe() {  # the options of rule $1
     [ "$1" = dfa ] && lr=0.001
     echo "--dataset cifar10 --model resnet20 --rule $1 --optimizer sgd --lr $lr" \
         "--momentum 0.9 --weight-decay 1e-4 --batch-size 128 --epochs $EPOCHS" \
-        "--schedule step --milestones 100,150,200 --gamma 0.1 --init glorot" \
-        "--output-init random --augment crop:4,flip --seed $SEED --probe-every 0 --device cuda"
+        "--schedule step --milestones 100,150,200 --gamma 0.1 --output-init random" \
+        "--augment crop:4,flip --seed $SEED --probe-every 0 --device $DEVICE ${EXTRA:-}"
 }
 
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+[ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 start=$SECONDS
 for rule in "${rules[@]}"; do
     resume=()
