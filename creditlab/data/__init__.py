@@ -26,7 +26,8 @@ MNIST_VAL_SIZE = 10_000
 
 @dataclass(repr=False)
 class Dataset:
-    """Train / validation / test splits; x is float32 (N, D) in [0, 1], y is int64 labels."""
+    """Train / validation / test splits; x is float32 (N, D) in [0, 1] (CIFAR: normalised per
+    channel), y is int64 labels."""
 
     name: str  # "mnist", "digits", "idx:/path"
     train_x: torch.Tensor
