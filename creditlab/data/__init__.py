@@ -1,4 +1,4 @@
-"""Data sets as ready-to-use tensors: MNIST, scikit-learn's digits, and any MNIST-like IDX folder.
+"""Data sets as ready-to-use tensors: MNIST, scikit-learn's digits, IDX folders, CIFAR-10/100.
 
 Every data set comes as a Dataset with train, validation and test splits. The validation split
 is always carved from the END of the training data, so the test set is never touched while
