@@ -40,7 +40,7 @@ def _rule_opts(items: list[str], rule_name: str) -> dict[str, str]:
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
     from creditlab.engine.devices import MATMUL_PRECISIONS
-    from creditlab.experiments.train import TrainConfig
+    from creditlab.training.trainer import TrainConfig
 
     d = TrainConfig()
     p.add_argument(
@@ -79,7 +79,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     # Unset (None) unless given: the rule's recommendation applies, else the default
-    # (creditlab/experiments/settings.py); `creditlab rules` lists each rule's.
+    # (creditlab/training/settings.py); `creditlab rules` lists each rule's.
     recommended = "(default: the rule's recommendation, see `creditlab rules`, else {})"
     p.add_argument(
         "--optimizer", default=None, help="sgd, adam or adamw " + recommended.format("sgd")
@@ -135,7 +135,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args, rule_name: str, rule_opts: dict):
-    from creditlab.experiments.train import TrainConfig
+    from creditlab.training.trainer import TrainConfig
 
     return TrainConfig(
         dataset=args.dataset,
@@ -182,8 +182,8 @@ def _fresh_dir(base: Path) -> Path:
 
 
 def cmd_train(args) -> int:
-    from creditlab.experiments import folders
-    from creditlab.experiments.train import train
+    from creditlab.training import folders
+    from creditlab.training.trainer import train
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
     config = config_from_args(args, args.rule, _rule_opts(args.rule_opt, args.rule))
@@ -224,7 +224,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from creditlab.experiments import compare, folders
+    from creditlab.compare import runs as compare
+    from creditlab.training import folders
 
     if args.report_only:
         if args.out is None:
@@ -266,7 +267,7 @@ def cmd_compare(args) -> int:
     finally:
         if pool is not None:
             pool.close()
-    from creditlab.experiments import report
+    from creditlab.compare import report
 
     print(report.markdown_table(report.tables(record)[0]))
     failed = [r for r in record["runs"] if r["status"] != "finished"]
@@ -282,7 +283,7 @@ def cmd_compare(args) -> int:
 
 
 def _open_pool(args):
-    from creditlab.experiments.sweeps.ray_backend import open_pool
+    from creditlab.tune.ray_backend import open_pool
 
     gpus = args.gpus_per_trial
     if gpus is None:  # a trial on CUDA asks for a whole GPU unless told otherwise
@@ -291,8 +292,8 @@ def _open_pool(args):
 
 
 def cmd_tune(args) -> int:
-    from creditlab.experiments import compare
-    from creditlab.experiments.sweeps import tune
+    from creditlab.compare import runs as compare
+    from creditlab.tune import search as tune
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
     rules = compare.rule_list(args.rules)
@@ -363,7 +364,7 @@ def add_pool_options(p: argparse.ArgumentParser, tune: bool) -> None:
 
 
 def cmd_gradcheck(args) -> int:
-    from creditlab.experiments import gradcheck
+    from creditlab.checks import gradcheck
 
     tol_fd = gradcheck.check_tolerance("--tol-fd", args.tol_fd)
     tol_autograd = gradcheck.check_tolerance("--tol-autograd", args.tol_autograd)
@@ -395,16 +396,16 @@ def cmd_gradcheck(args) -> int:
 
 
 def cmd_capsules(args) -> int:
-    from creditlab.experiments.capsules import figure4
+    from creditlab.figures.capsules import figure4
 
     print(f"wrote {figure4(args.run, args.out, args.examples)}")
     return 0
 
 
 def cmd_rules(args) -> int:
-    from creditlab.experiments.settings import describe as describe_settings
     from creditlab.rules import RULES
     from creditlab.rules.machinery.space import describe as describe_space
+    from creditlab.training.settings import describe as describe_settings
 
     for name, cls in sorted(RULES.items()):
         print(f"{name:10s} {cls.summary}")
@@ -555,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rules", help="list the learning rules and their options")
     p.set_defaults(func=cmd_rules)
 
-    from creditlab.experiments.gan import cli as gan_cli
+    from creditlab.gan import cli as gan_cli
 
     gan_cli.register(sub)  # gan, sample, gan-compare
     return parser

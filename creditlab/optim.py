@@ -8,7 +8,7 @@ follow torch.optim, so a run here and a plain PyTorch run with the same settings
 steps.
 
 Capturable form. In eager runs the step count is a Python int and the rate a Python float, as
-checkpoints store them. Inside a captured step (experiments/captured.py) both are 0-d tensors
+checkpoints store them. Inside a captured step (speed/compiled.py) both are 0-d tensors
 on the device instead, so that neither a new step count nor a schedule's new rate recompiles
 the step or leaves a CUDA graph: the same `update` then uses only tensor arithmetic (no Python
 branch on the step, no Python number taken from a tensor). `captured_state` makes that form of

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from creditlab import cli
-from creditlab.experiments import settings
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.optim import OPTIMIZERS, SCHEDULES
 from creditlab.rules import RULES
+from creditlab.training import settings
+from creditlab.training.trainer import TrainConfig, Trainer
 
 TINY = ["--train-subset", "1000", "--batch-size", "25", "--model", "mlp:16", "--quiet"]
 

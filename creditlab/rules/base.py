@@ -37,7 +37,7 @@ class Rule:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     # Training settings this rule learns well with (optimizer, lr, momentum, weight_decay,
-    # schedule; see creditlab/experiments/settings.py); they apply wherever the user sets none.
+    # schedule; see creditlab/training/settings.py); they apply wherever the user sets none.
     recommended: ClassVar[dict[str, Any]] = {}
     options: ClassVar[dict[str, Option]] = {}
     # What a tune searches: name -> (low, high, "log" | "linear") or [choices], over the

@@ -19,7 +19,7 @@ The start matters more than the scale on conv nets: with relu LeNet the rule bar
 while the output layer's random initial weights were unrelated to B (the hidden groups grew
 and died), and learnt from output weights starting at zero, as feedback alignment needs
 (see the README's convolution results). So the rule recommends output_init "zero"
-(experiments/output_init.py; `--output-init random` restores the drawn start): on dense MLPs
+(training/output_init.py; `--output-init random` restores the drawn start): on dense MLPs
 the start made no consistent difference either way (the README's recommended settings).
 """
 
@@ -53,7 +53,7 @@ class FeedbackAlignment(FeedbackRule):
         "optimizer": "sgd",
         "lr": 0.05,
         "momentum": 0.9,
-        "output_init": "zero",  # see experiments/output_init.py
+        "output_init": "zero",  # see training/output_init.py
     }
     options: ClassVar[dict[str, Option]] = {
         "scale": scale_option(0.5, "std of B as a multiple of the std of W's initialisation (> 0)"),

@@ -30,8 +30,8 @@ import torch
 from creditlab.data import Dataset
 from creditlab.engine.network import Network
 from creditlab.errors import CreditlabError
-from creditlab.experiments import checkpoint
-from creditlab.experiments.gan.fid import Gaussian, frechet_distance
+from creditlab.gan.fid import Gaussian, frechet_distance
+from creditlab.training import checkpoint
 
 Tensor = torch.Tensor
 # The classifier's training settings (bp, the engine's own loop); part of the cache key.
@@ -183,7 +183,7 @@ def _describe(data: Dataset) -> str:
 
 
 def _train(data: Dataset, device: torch.device, progress: bool) -> dict[str, Any]:
-    from creditlab.experiments.train import TrainConfig, Trainer
+    from creditlab.training.trainer import TrainConfig, Trainer
 
     config = TrainConfig(dataset=data.name, probe_every=0, device=str(device), **JUDGE)
     trainer = Trainer(config, out_dir=None, progress=progress, log=lambda _: None, data=data)

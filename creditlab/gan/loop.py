@@ -35,20 +35,20 @@ from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
+from creditlab.engine.models import _hidden_sizes, build_model
 from creditlab.engine.network import Network, mlp, resolve_dtype
 from creditlab.errors import TrainingError, UsageError
-from creditlab.experiments import checkpoint
-from creditlab.experiments.gan import dcgan, pictures, scoring
-from creditlab.experiments.gan.losses import gan_loss
-from creditlab.experiments.models import _hidden_sizes, build_model
-from creditlab.experiments.train import (
+from creditlab.gan import dcgan, pictures, scoring
+from creditlab.gan.losses import gan_loss
+from creditlab.optim import SGD, Optimizer, optimizer
+from creditlab.rules import rule
+from creditlab.training import checkpoint
+from creditlab.training.trainer import (
     TrainConfig,
     _to_device,
     epoch_permutation,
     load_for_resume,
 )
-from creditlab.optim import SGD, Optimizer, optimizer
-from creditlab.rules import rule
 
 Tensor = torch.Tensor
 GRID_SEED = 20_140_610  # the fixed latent batches (grid and evaluation) are the same in every run

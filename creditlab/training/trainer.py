@@ -27,16 +27,16 @@ from creditlab.data.augment import image_shape_of, parse_augment, shift
 from creditlab.engine.activations import activation as lookup_activation
 from creditlab.engine.devices import check_matmul_precision, matmul_precision, resolve_device
 from creditlab.engine.losses import loss as lookup_loss
+from creditlab.engine.models import build_model
 from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
-from creditlab.experiments import checkpoint, folders, guards, settings
-from creditlab.experiments.capsules import write_reconstructions
-from creditlab.experiments.captured import CompiledStep, compile_problem
-from creditlab.experiments.diagnostics import probe
-from creditlab.experiments.models import build_model
-from creditlab.experiments.output_init import apply_output_init, check_output_init, zero_applies
+from creditlab.figures.capsules import write_reconstructions
 from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
 from creditlab.rules import Rule, rule
+from creditlab.speed.compiled import CompiledStep, compile_problem
+from creditlab.training import checkpoint, folders, guards, settings
+from creditlab.training.diagnostics import probe
+from creditlab.training.output_init import apply_output_init, check_output_init, zero_applies
 
 Tensor = torch.Tensor
 
@@ -63,7 +63,7 @@ class TrainConfig:
     loss: str = "cross_entropy"
     init: str | None = None
     # The prediction group's weights at the start: "random" (as drawn) or "zero"
-    # (experiments/output_init.py); None: unset, as the optimiser settings below.
+    # (training/output_init.py); None: unset, as the optimiser settings below.
     output_init: str | None = None
     dropout: float = 0.0
     augment: str | None = None  # "shift:K": training images shifted by up to K pixels
@@ -639,7 +639,7 @@ def train(
 ) -> dict:
     """Build and run one configuration; with resume, continue from out_dir's checkpoint; with
     force, clear out_dir's old run first (only once everything has been checked). With
-    compile, each step's forward pass and updates run compiled (experiments/captured.py)."""
+    compile, each step's forward pass and updates run compiled (speed/compiled.py)."""
     trainer = Trainer(config, out_dir, progress, log, compile=compile)
     if force and out_dir is not None:
         folders.clear_run(Path(out_dir))

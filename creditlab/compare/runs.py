@@ -9,7 +9,7 @@ Each run lives in out_dir/runs/RULE-seedN/ and checkpoints after every epoch, so
 is run again picks up where it stopped: finished runs are kept, the unfinished one resumes from
 its checkpoint. A run folder made with other settings is never overwritten silently. The
 results of every run, with the compare's settings, go to out_dir/results.json;
-creditlab.experiments.report
+creditlab.compare.report
 draws the table, the plots and the HTML page from them.
 """
 
@@ -29,21 +29,22 @@ from typing import Any
 
 import torch
 
+from creditlab.compare import report
 from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
 from creditlab.engine.network import resolve_dtype
 from creditlab.errors import TrainingError, UsageError
-from creditlab.experiments import checkpoint, folders, report, settings
-from creditlab.experiments.stack import StackError
-from creditlab.experiments.stacked import StackedTrainer, members_that_fit
-from creditlab.experiments.train import (
+from creditlab.rules import rule, rule_class
+from creditlab.speed.stacked_runs import StackedTrainer, members_that_fit
+from creditlab.speed.vmap_stack import StackError
+from creditlab.training import checkpoint, folders, settings
+from creditlab.training.trainer import (
     FREE_ON_RESUME,
     TrainConfig,
     Trainer,
     differing_fields,
     targets_for,
 )
-from creditlab.rules import rule, rule_class
 
 DEFAULT_RULES = ("bp", "fa", "dfa", "dni")
 KIND = "creditlab-compare"  # marks a folder's results.json as a compare's
@@ -273,10 +274,10 @@ def compare(
 
     rule_opts maps a rule to its option overrides (strings from the command line or values).
     configs gives a rule its own base configuration in place of `base` (a tune's best
-    settings). pool (creditlab.experiments.sweeps.ray_backend) runs the runs on Ray workers; without
+    settings). pool (creditlab.tune.ray_backend) runs the runs on Ray workers; without
     one they train here, one after another.
     With `stack`, the seeds of a rule train together as one stack of networks
-    (creditlab.experiments.stacked); each run keeps its own folder, checkpoints and results.
+    (creditlab.speed.stacked_runs); each run keeps its own folder, checkpoints and results.
     Returns the aggregated record written to out_dir/results.json.
     """
     configs = configs or {}

@@ -21,9 +21,9 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from creditlab.experiments import report
-from creditlab.experiments.checkpoint import atomic_write
-from creditlab.experiments.report import Table, html_table, markdown_table
+from creditlab.compare import report
+from creditlab.compare.report import Table, html_table, markdown_table
+from creditlab.training.checkpoint import atomic_write
 
 STATUSES = ("running", "paused", "stopped", "finished", "stalled", "diverged", "error", "new")
 

@@ -19,8 +19,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from creditlab.experiments.checkpoint import atomic_write
-from creditlab.experiments.report import COLORS, STYLE
+from creditlab.compare.report import COLORS, STYLE
+from creditlab.training.checkpoint import atomic_write
 
 Tensor = torch.Tensor
 

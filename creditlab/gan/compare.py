@@ -22,16 +22,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from creditlab.compare.report import COLORS
+from creditlab.compare.runs import seed_list
 from creditlab.data import load_dataset
 from creditlab.engine.devices import resolve_device
 from creditlab.errors import UsageError
-from creditlab.experiments import checkpoint
-from creditlab.experiments.compare import seed_list
-from creditlab.experiments.gan import pictures, scoring
-from creditlab.experiments.gan.loop import GanConfig, GanTrainer
-from creditlab.experiments.report import COLORS
-from creditlab.experiments.train import differing_fields
+from creditlab.gan import pictures, scoring
+from creditlab.gan.loop import GanConfig, GanTrainer
 from creditlab.rules import rule_class
+from creditlab.training import checkpoint
+from creditlab.training.trainer import differing_fields
 
 __all__ = ["compare", "markdown_table", "pair_list", "seed_list"]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from creditlab.rules import rule_class
 
 if TYPE_CHECKING:
-    from creditlab.experiments.train import TrainConfig
+    from creditlab.training.trainer import TrainConfig
 
 # The settings a rule may recommend, with the project's defaults for rules that do not.
 DEFAULTS: dict[str, Any] = {
@@ -24,7 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "momentum": 0.9,
     "weight_decay": 0.0,
     "schedule": "constant",
-    "output_init": "random",  # the prediction group's weights as drawn (experiments/output_init.py)
+    "output_init": "random",  # the prediction group's weights as drawn (training/output_init.py)
 }
 
 

@@ -35,18 +35,19 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from creditlab.compare import runs as compare
 from creditlab.data import Dataset, load_dataset
 from creditlab.errors import TrainingError, UsageError
-from creditlab.experiments import checkpoint, compare
-from creditlab.experiments.sweeps import tune_report
-from creditlab.experiments.sweeps.asha import ASHA
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.rules import rule_class
 from creditlab.rules.machinery import space as spaces
+from creditlab.training import checkpoint
+from creditlab.training.trainer import TrainConfig, Trainer
+from creditlab.tune import report as tune_report
+from creditlab.tune.asha import ASHA
 
 KIND = "creditlab-tune"
 # A trial in one of these is never trained again. "stalled": it ran its whole budget near chance
-# (experiments/guards.py); it stays a candidate like a finished one, and loses on its merits.
+# (training/guards.py); it stays a candidate like a finished one, and loses on its merits.
 DONE = ("finished", "stopped", "diverged", "stalled")
 # What a tune keeps in its --out beside the compare report of the retrained best (runs/: a best
 # trial that trained the whole budget on the search seed, copied in as that seed's run).

@@ -28,7 +28,7 @@ def _opts(items: list[str], flag: str) -> dict[str, str]:
 
 
 def add_gan_options(p: argparse.ArgumentParser, pairs: bool = False) -> None:
-    from creditlab.experiments.gan.loop import GanConfig
+    from creditlab.gan.loop import GanConfig
 
     d = GanConfig()
     p.add_argument(
@@ -129,7 +129,7 @@ def add_gan_options(p: argparse.ArgumentParser, pairs: bool = False) -> None:
 
 
 def config_from_args(args, rule_g: str, rule_d: str):
-    from creditlab.experiments.gan.loop import GanConfig
+    from creditlab.gan.loop import GanConfig
 
     return GanConfig(
         dataset=args.dataset,
@@ -163,7 +163,7 @@ def config_from_args(args, rule_g: str, rule_d: str):
 
 
 def cmd_gan(args) -> int:
-    from creditlab.experiments.gan.loop import train_gan
+    from creditlab.gan.loop import train_gan
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
     config = config_from_args(args, args.rule_g, args.rule_d)
@@ -189,8 +189,8 @@ def cmd_gan(args) -> int:
 
 def cmd_sample(args) -> int:
     from creditlab.engine.network import Network
-    from creditlab.experiments import checkpoint
-    from creditlab.experiments.gan.pictures import to_uint8
+    from creditlab.gan.pictures import to_uint8
+    from creditlab.training import checkpoint
 
     if args.n < 1:
         raise UsageError(f"--n must be a positive integer, got {args.n}")
@@ -221,7 +221,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_gan_compare(args) -> int:
-    from creditlab.experiments.gan import compare as gan_compare
+    from creditlab.gan import compare as gan_compare
 
     torch.set_flush_denormal(True)
     pairs = gan_compare.pair_list(args.rules)

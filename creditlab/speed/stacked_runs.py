@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import matmul_precision
 from creditlab.errors import TrainingError
-from creditlab.experiments.captured import CapturedOptimizer
-from creditlab.experiments.diagnostics import probe
-from creditlab.experiments.stack import Stack, StackError, member_state, stacked_state
-from creditlab.experiments.train import (
+from creditlab.speed.compiled import CapturedOptimizer
+from creditlab.speed.vmap_stack import Stack, StackError, member_state, stacked_state
+from creditlab.training.diagnostics import probe
+from creditlab.training.trainer import (
     TrainConfig,
     Trainer,
     epoch_permutation,

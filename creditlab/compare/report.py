@@ -1,6 +1,6 @@
 """The compare report: table.md, PNG plots and index.html, drawn from a compare's results.
 
-Everything here reads the aggregated record that creditlab.experiments.compare writes to
+Everything here reads the aggregated record that creditlab.compare.runs writes to
 results.json and
 nothing else, so a report can be drawn again from a folder on disk. index.html carries its
 plots inside it as data: URIs and has no other outside reference, so it opens in any browser,
@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from creditlab.experiments.checkpoint import atomic_write
+from creditlab.training.checkpoint import atomic_write
 
 MIB = 2**20
 COLORS = (

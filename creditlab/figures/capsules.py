@@ -23,7 +23,7 @@ from creditlab.data import load_dataset
 from creditlab.data.augment import image_shape_of
 from creditlab.engine.network import Network
 from creditlab.errors import UsageError
-from creditlab.experiments import checkpoint
+from creditlab.training import checkpoint
 
 STEPS = [round(-0.25 + 0.05 * k, 2) for k in range(11)]  # -0.25 .. 0.25
 

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 
 from creditlab.engine.network import Network
-from creditlab.experiments.cuda_graphs import CaptureFailed, CudaGraphBackend, StepGraphs
 from creditlab.optim import Optimizer, State, captured_state
 from creditlab.rules import Rule
+from creditlab.speed.cuda_graphs import CaptureFailed, CudaGraphBackend, StepGraphs
 
 Tensor = torch.Tensor
 
