@@ -44,7 +44,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig()
     p.add_argument(
-        "--dataset", default=d.dataset, help="mnist, digits or idx:PATH (default %(default)s)"
+        "--dataset",
+        default=d.dataset,
+        help="mnist, digits, idx:PATH, cifar10, cifar100 or cifar100:coarse (default %(default)s)",
     )
     p.add_argument("--data-dir", default=None, help="folder holding the dataset's files")
     p.add_argument(
@@ -74,7 +76,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout on hidden groups")
     p.add_argument(
-        "--augment", default=None, help="training batches: shift:K, random shifts of up to K pixels"
+        "--augment",
+        default=None,
+        help="training batches: shift:K (random shifts of up to K pixels), crop:P (random crops "
+        "of the image padded by P), flip (random mirror images), or several, e.g. crop:4,flip",
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -99,6 +104,11 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=d.step_epochs,
         help="step schedule: epochs between decays",
+    )
+    p.add_argument(
+        "--milestones",
+        default=None,
+        help="step schedule: decay at these epochs instead, e.g. 100,150,200 (as MultiStepLR)",
     )
     p.add_argument("--gamma", type=float, default=d.gamma, help="step schedule: decay factor")
     p.add_argument("--min-lr", type=float, default=d.min_lr, help="cosine schedule: final rate")
@@ -159,6 +169,7 @@ def config_from_args(args, rule_name: str, rule_opts: dict):
         schedule=args.schedule,
         warmup_epochs=args.warmup_epochs,
         step_epochs=args.step_epochs,
+        milestones=args.milestones,
         gamma=args.gamma,
         min_lr=args.min_lr,
         epochs=args.epochs,

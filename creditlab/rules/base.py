@@ -74,7 +74,7 @@ class Rule:
             if kind != "dense":
                 raise UsageError(
                     f"rule {self.name!r} trains dense groups only; group {j!r} is {kind} "
-                    "(rules for every kind: bp, fa, dfa, usf, brsf, frsf, dni, cdni)"
+                    "(rules for every kind: bp, fa, dfa, usf, brsf, frsf, dni, cdni, es, hillclimb)"
                 )
         if len(net.outputs) > 1:
             names = ", ".join(o.name for o in net.outputs)

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
-from creditlab.data.augment import image_shape_of, parse_augment, shift
+from creditlab.data.augment import augment, image_shape_of, parse_augment
 from creditlab.engine.activations import activation as lookup_activation
 from creditlab.engine.devices import check_matmul_precision, matmul_precision, resolve_device
 from creditlab.engine.losses import loss as lookup_loss
@@ -31,7 +31,7 @@ from creditlab.engine.models import build_model
 from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
 from creditlab.figures.capsules import write_reconstructions
-from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
+from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer, parse_milestones
 from creditlab.rules import Rule, rule
 from creditlab.speed.compiled import CompiledStep, compile_problem
 from creditlab.training import checkpoint, folders, guards, settings
@@ -66,7 +66,7 @@ class TrainConfig:
     # (training/output_init.py); None: unset, as the optimiser settings below.
     output_init: str | None = None
     dropout: float = 0.0
-    augment: str | None = None  # "shift:K": training images shifted by up to K pixels
+    augment: str | None = None  # "shift:K", "crop:P", "flip" or a list: data/augment.py
     rule: str = "bp"
     rule_opts: dict[str, Any] = field(default_factory=dict)
     # None: unset, to be filled from the rule's recommendation or the default (settings.py).
@@ -79,6 +79,7 @@ class TrainConfig:
     schedule: str | None = None
     warmup_epochs: float = 0.0
     step_epochs: int = 10
+    milestones: str | None = None  # "step": decay at these epochs, e.g. "100,150,200"
     gamma: float = 0.1
     min_lr: float = 0.0
     epochs: int = 20
@@ -132,6 +133,7 @@ class TrainConfig:
         resolve_dtype(self.dtype)
         check_matmul_precision(self.matmul_precision)
         parse_augment(self.augment)
+        parse_milestones(self.milestones)
         if self.output_init is not None:
             check_output_init(self.output_init)
         self.betas = tuple(self.betas)
@@ -320,6 +322,7 @@ class Trainer:
             config.gamma,
             config.min_lr,
             0.0 if self.rule.applies_own_step else config.warmup_epochs,
+            parse_milestones(config.milestones),
         )
         n_probe = min(config.probe_size, self.data.train_x.shape[0])
         self.probe_batch = (
@@ -473,8 +476,8 @@ class Trainer:
         start = time.perf_counter()
         order = epoch_permutation(config.seed, epoch, n, self.device)
         xs, ys = data.train_x[order], data.train_y[order]
-        max_shift = parse_augment(config.augment)
-        if max_shift:
+        augments = parse_augment(config.augment)
+        if augments:
             shifts = shift_generator(config.seed, epoch, self.device)
             image = image_shape_of(data.image_shape, data.input_size)
         losses = torch.zeros(self.steps_per_epoch, device=self.device)
@@ -494,8 +497,8 @@ class Trainer:
         for step in range(self.steps_per_epoch):
             a = step * config.batch_size
             xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
-            if max_shift:
-                xb = shift(xb, image, max_shift, shifts)
+            if augments:
+                xb = augment(xb, image, augments, shifts)
             targets = targets_for(net, yb, data.n_classes)
             global_step = (epoch - 1) * self.steps_per_epoch + step
             lr = self.schedule(global_step)

@@ -81,11 +81,12 @@ def random_matrix(
 
 def feedback_connections(net: Network) -> list[tuple[str, str]]:
     """The connections (i, j) whose feedback carries a signal: i is not the input group, and
-    the connection has weights (pooling and masks carry their signal exactly)."""
+    the connection has weights (pooling, masks, additions and batch norm carry their signal
+    exactly)."""
     return [
         (i, j)
         for j in net.order
-        if net.kind(j).weighted
+        if net.kind(j).weighted and not net.kind(j).exact
         for i in net.groups[j].ins
         if i != net.input_name
     ]
