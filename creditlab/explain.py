@@ -10,11 +10,12 @@ The steps follow the derivation the engine is written in (see engine/backward.py
     (e) the mini-batch rule dE/dW_ij = z_i^T delta_j (divided by the batch size N).
 
 Every step is computed twice: by hand here, from the forward pass's s and z with the formula
-written out (the derivatives f' are this module's own), and by the engine (the bp rule's
-updates, engine/backward.py's sweep); both are then checked against central finite differences
-of the loss in float64, on the spot. A rule given by name (--rule) is then run on the network and
-mini-batch of (d) and (e), and its updates are set beside bp's gradient parameter by parameter,
-with the matrices it uses in W^T's place where it has such (Rule.feedback_matrices).
+written out (the derivatives f' are this module's own), and by the engine (engine/backward.py's
+sweep and weight updates, which the bp rule runs); both are then checked against central finite
+differences of the loss in float64, on the spot. A rule given by name (--rule) is then run on
+the network and mini-batch of (d) and (e), and its updates are set beside bp's gradient
+parameter by parameter, with the matrices it uses in W^T's place where it has such
+(Rule.feedback_matrices). Rules are looked up by name in the registry; none is named here.
 
 torch.autograd is never used here: finite differences are this module's check, and autograd is
 the oracle in the tests (tests/test_explain.py).
@@ -29,12 +30,11 @@ from pathlib import Path
 
 import torch
 
-from creditlab.engine.backward import error_sweep
+from creditlab.engine.backward import error_sweep, weight_updates
 from creditlab.engine.network import Network, Trace, bias_name, weight_name
 from creditlab.errors import UsageError
 from creditlab.experiments.diagnostics import angle, cosine
 from creditlab.rules import rule as make_rule
-from creditlab.rules import rule_class
 
 Tensor = torch.Tensor
 FD_EPS = 1e-6  # central differences in float64: truncation ~eps^2, round-off ~1e-16 / eps
@@ -65,7 +65,9 @@ class Step:
     y: Tensor
     lines: list[str] = field(default_factory=list)
     hand: dict[str, Tensor] = field(default_factory=dict)  # dE/dparam by the written formula
-    engine: dict[str, Tensor] = field(default_factory=dict)  # the bp rule's updates
+    engine: dict[str, Tensor] = field(
+        default_factory=dict
+    )  # engine/backward.py's sweep, as bp runs it
     fd: dict[str, Tensor] = field(default_factory=dict)  # central finite differences
     deltas: dict[str, Tensor] = field(default_factory=dict)  # delta_j by hand, per example
     engine_deltas: dict[str, Tensor] = field(default_factory=dict)
@@ -254,17 +256,17 @@ def finite_differences(net: Network, x: Tensor, y: Tensor) -> dict[str, Tensor]:
 
 
 def _engine(step: Step) -> None:
-    """The engine's numbers for a step: the bp rule's updates and the sweep's deltas."""
-    step.engine = make_rule("bp").updates(step.net, step.x, step.y)
+    """The engine's numbers for a step: its backward sweep's deltas and weight updates."""
     step.trace = step.net.forward(step.x, train=True)
     step.engine_deltas = error_sweep(step.net, step.trace, step.y)
+    step.engine = weight_updates(step.net, step.trace, step.engine_deltas)
     step.fd = finite_differences(step.net, step.x, step.y)
 
 
 def _verdict(step: Step) -> list[str]:
     fd_ok = step.fd_error <= FD_TOLERANCE
     return [
-        f"  by hand and by the engine (the bp rule): the same to {step.engine_error:.0e}",
+        f"  by hand and by the engine: the same to {step.engine_error:.0e}",
         f"  both against central finite differences (float64, eps {FD_EPS:g}): "
         + (
             f"matches finite differences to {step.fd_error:.0e}"
@@ -276,7 +278,7 @@ def _verdict(step: Step) -> list[str]:
 
 def _table(step: Step, labels: dict[str, list[str]]) -> list[str]:
     """Every entry of every parameter: by hand, by the engine, by finite differences."""
-    lines = [f"  {'parameter':12s} {'by hand':>14s} {'engine (bp)':>14s} {'finite diff.':>14s}"]
+    lines = [f"  {'parameter':12s} {'by hand':>14s} {'engine':>14s} {'finite diff.':>14s}"]
     for name, hand in step.hand.items():
         for n, label in enumerate(labels[name]):
             h, e, f = (t.reshape(-1)[n] for t in (hand, step.engine[name], step.fd[name]))
@@ -621,7 +623,7 @@ def mini_batch(seed: int) -> Step:
         f"to {_diff(looped, step.hand[weight_name(i, j)]):.0e})",
     ]
     _engine(step)
-    L.append("  every parameter (engine: the bp rule's updates on the batch):")
+    L.append("  every parameter (engine: error_sweep and weight_updates on the batch):")
     L += _gradient_lines(step)
     L += _verdict(step)
     return step
@@ -665,7 +667,7 @@ def compare_rule(name: str, opts: dict, seed: int) -> Comparison:
                 f"{err}; and as a chain: {err2}"
             ) from None
         net = chain
-    gradient = make_rule("bp").updates(net, x, y)
+    gradient = _engine_gradient(net, x, y)
     updates = learner.updates(net, x, y)
     cos = {n: cosine(updates[n], g) for n, g in gradient.items()}
     names = list(gradient)
@@ -702,6 +704,12 @@ def compare_rule(name: str, opts: dict, seed: int) -> Comparison:
     )
     comparison.lines = _comparison_lines(comparison, learner, note)
     return comparison
+
+
+def _engine_gradient(net: Network, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """Backpropagation's gradient, by the engine's sweep (what the bp rule returns)."""
+    trace = net.forward(x, train=True)
+    return weight_updates(net, trace, error_sweep(net, trace, y))
 
 
 def _hidden_connections(net: Network) -> list[tuple[str, str]]:
@@ -757,7 +765,7 @@ def _comparison_lines(c: Comparison, learner, note: list[str]) -> list[str]:
                 L.append(f"    {key} ({shape}) = {mat(t) if t.numel() <= 24 else '...'}")
             if len(kept) > STATE_SHOWN:
                 L.append(f"    ... and {len(kept) - STATE_SHOWN} more")
-    L.append("  its updates beside bp's gradient (the same sign convention: dE/dparam for bp):")
+    L.append("  its updates beside bp's gradient, grad = dE/dparam (a rule's update has its sign):")
     for n, g in c.gradient.items():
         u = c.updates[n]
         zero = float(u.abs().max()) == 0.0
@@ -765,10 +773,10 @@ def _comparison_lines(c: Comparison, learner, note: list[str]) -> list[str]:
             "the update is zero: no direction to compare"
             if zero
             else f"cos {c.cos[n]:+.4f}, angle {c.angle[n]:6.2f} degrees"
-            + ("  (= bp)" if _diff(u, g) <= HAND_TOLERANCE * _scale(g) else "")
+            + ("  (= the gradient)" if _diff(u, g) <= HAND_TOLERANCE * _scale(g) else "")
         )
         L.append(f"    {n:8s} {c.rule:>4s} {mat(u, num)}")
-        L.append(f"    {'':8s} {'bp':>4s} {mat(g, num)}   {how}")
+        L.append(f"    {'':8s} {'grad':>4s} {mat(g, num)}   {how}")
     all_cos = c.cos["all"]
     L.append(
         "  all parameters together: "
@@ -828,7 +836,6 @@ def explain(
         raise UsageError("--rule-opt needs --rule (the options are the rule's)")
     if rule is not None:
         make_rule(rule, **(rule_opts or {}))  # an unknown rule or option fails before any work
-        rule_class(rule)
     path = check_picture_path(out, force) if out is not None else None
     steps = [
         one_path(seed),
