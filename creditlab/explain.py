@@ -298,8 +298,7 @@ def _path_step(key: str, title: str, intro: list[str], net: Network, seed: int) 
     step = Step(key, title, net, x, y)
     trace = net.forward(x)
     s, z = ({j: v[0] for j, v in d.items()} for d in (trace.s, trace.z))
-    W = {(i, j): w for (i, j), w in net.W.items()}
-    b = net.b
+    W, b = net.W, net.b
     L = step.lines
     L += [f"({key}) {title}", *intro]
     L.append(
@@ -406,8 +405,9 @@ def one_path(seed: int) -> Step:
         seed,
     )
     # The whole chain rule for W_ij in one product, factor by factor.
-    z = {j: v[0, 0] for j, v in net.forward(step.x).z.items()}
-    s = {j: v[0, 0] for j, v in net.forward(step.x).s.items()}
+    trace = net.forward(step.x)
+    z = {j: v[0, 0] for j, v in trace.z.items()}
+    s = {j: v[0, 0] for j, v in trace.s.items()}
     W = {k: w[0, 0] for k, w in net.W.items()}
     fp = {j: DERIVATIVES[net.groups[j].act.name][1](s[j], z[j]) for j in ("j", "k", "o")}
     factors = [
@@ -765,7 +765,13 @@ def _comparison_lines(c: Comparison, learner, note: list[str]) -> list[str]:
                 L.append(f"    {key} ({shape}) = {mat(t) if t.numel() <= 24 else '...'}")
             if len(kept) > STATE_SHOWN:
                 L.append(f"    ... and {len(kept) - STATE_SHOWN} more")
+    if learner.applies_own_step:
+        L.append(
+            "  its update is a finished step, not an estimate of the gradient: training "
+            "subtracts it as it is (plain SGD at rate 1, whatever optimiser was asked for)"
+        )
     L.append("  its updates beside bp's gradient, grad = dE/dparam (a rule's update has its sign):")
+    width = max(4, len(c.rule))
     for n, g in c.gradient.items():
         u = c.updates[n]
         zero = float(u.abs().max()) == 0.0
@@ -775,8 +781,8 @@ def _comparison_lines(c: Comparison, learner, note: list[str]) -> list[str]:
             else f"cos {c.cos[n]:+.4f}, angle {c.angle[n]:6.2f} degrees"
             + ("  (= the gradient)" if _diff(u, g) <= HAND_TOLERANCE * _scale(g) else "")
         )
-        L.append(f"    {n:8s} {c.rule:>4s} {mat(u, num)}")
-        L.append(f"    {'':8s} {'grad':>4s} {mat(g, num)}   {how}")
+        L.append(f"    {n:8s} {c.rule:>{width}s} {mat(u, num)}")
+        L.append(f"    {'':8s} {'grad':>{width}s} {mat(g, num)}   {how}")
     all_cos = c.cos["all"]
     L.append(
         "  all parameters together: "

@@ -318,3 +318,39 @@ def test_bad_input_exits_2_with_a_clear_message(tmp_path, capsys, args, message)
     captured = capsys.readouterr()
     assert message in captured.err
     assert captured.out == ""  # refused before any work
+
+
+def test_the_picture_is_the_same_file_for_the_same_seed(tmp_path):
+    first, second = tmp_path / "1.svg", tmp_path / "2.svg"
+    assert cli.main(["explain", "--out", str(first)]) == 0
+    assert cli.main(["explain", "--out", str(second)]) == 0
+    assert first.read_bytes() == second.read_bytes()
+
+
+# ---- the documentation page -------------------------------------------------------------------
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_the_derivation_page_quotes_real_runs(capsys):
+    """Every line of docs/derivation.md's output excerpts is a line that `creditlab explain`
+    (or --rule fa, dfa, dtp) prints now, so the page cannot drift from the command."""
+    printed = set()
+    for extra in ([], ["--rule", "fa"], ["--rule", "dfa"], ["--rule", "dtp"]):
+        assert cli.main(["explain", "--no-picture", *extra]) == 0
+        printed |= set(capsys.readouterr().out.splitlines())
+    page = (DOCS / "derivation.md").read_text()
+    blocks = re.findall(r"```text\n(.*?)```", page, flags=re.S)
+    quoted = [ln for b in blocks for ln in b.splitlines() if ln.startswith(("(", "  "))]
+    quoted = [ln for ln in quoted if ln.strip() != "..."]
+    assert len(quoted) > 150
+    missing = [ln for ln in quoted if ln not in printed]
+    assert not missing, missing[:5]
+
+
+def test_the_derivation_page_shows_the_picture_of_seed_0(result):
+    svg = DOCS / "img" / "explain.svg"
+    assert "](img/explain.svg)" in (DOCS / "derivation.md").read_text()
+    text = " ".join(ET.parse(svg).getroot().itertext())
+    for j in ("a", "b", "c"):
+        shown = ", ".join(f"{float(v):+.3f}" for v in result.step("d").deltas[j][0])
+        assert f"δ_{j} = [{shown}]" in text
