@@ -65,9 +65,8 @@ class Step:
     y: Tensor
     lines: list[str] = field(default_factory=list)
     hand: dict[str, Tensor] = field(default_factory=dict)  # dE/dparam by the written formula
-    engine: dict[str, Tensor] = field(
-        default_factory=dict
-    )  # engine/backward.py's sweep, as bp runs it
+    # engine/backward.py's sweep and weight updates, as the bp rule runs them
+    engine: dict[str, Tensor] = field(default_factory=dict)
     fd: dict[str, Tensor] = field(default_factory=dict)  # central finite differences
     deltas: dict[str, Tensor] = field(default_factory=dict)  # delta_j by hand, per example
     engine_deltas: dict[str, Tensor] = field(default_factory=dict)
@@ -86,9 +85,9 @@ class Step:
 
     @property
     def ok(self) -> bool:
-        return self.engine_error <= HAND_TOLERANCE * max(
-            _scale(g) for g in self.hand.values()
-        ) and (self.fd_error <= FD_TOLERANCE)
+        """Both checks pass: hand = engine (to round-off) and hand = finite differences."""
+        scale = max(_scale(g) for g in self.hand.values())
+        return self.engine_error <= HAND_TOLERANCE * scale and self.fd_error <= FD_TOLERANCE
 
 
 @dataclass
@@ -113,6 +112,8 @@ class Comparison:
 
 @dataclass
 class Explanation:
+    """Everything `creditlab explain` computed; text() is what it prints."""
+
     seed: int
     steps: list[Step]
     comparison: Comparison | None = None
@@ -255,8 +256,9 @@ def finite_differences(net: Network, x: Tensor, y: Tensor) -> dict[str, Tensor]:
     return grads
 
 
-def _engine(step: Step) -> None:
-    """The engine's numbers for a step: its backward sweep's deltas and weight updates."""
+def _engine_and_fd(step: Step) -> None:
+    """The engine's numbers for a step (its backward sweep's deltas and weight updates), and
+    the finite differences."""
     step.trace = step.net.forward(step.x, train=True)
     step.engine_deltas = error_sweep(step.net, step.trace, step.y)
     step.engine = weight_updates(step.net, step.trace, step.engine_deltas)
@@ -265,8 +267,12 @@ def _engine(step: Step) -> None:
 
 def _verdict(step: Step) -> list[str]:
     fd_ok = step.fd_error <= FD_TOLERANCE
+    scale = max(_scale(g) for g in step.hand.values())
+    engine_ok = step.engine_error <= HAND_TOLERANCE * scale
     return [
-        f"  by hand and by the engine: the same to {step.engine_error:.0e}",
+        f"  by hand and by the engine: the same to {step.engine_error:.0e}"
+        if engine_ok
+        else f"  by hand and by the engine: DOES NOT MATCH: off by {step.engine_error:.1e}",
         f"  both against central finite differences (float64, eps {FD_EPS:g}): "
         + (
             f"matches finite differences to {step.fd_error:.0e}"
@@ -386,7 +392,7 @@ def _path_step(key: str, title: str, intro: list[str], net: Network, seed: int) 
         step.hand[bias_name(j)] = delta[j].clone()
         labels[bias_name(j)] = [f"b_{_unit(net, j, u)}" for u in range(net.groups[j].size)]
     step.hand = {n: step.hand[n] for n in net.parameters()}  # the engine's order
-    _engine(step)
+    _engine_and_fd(step)
     L += _table(step, {n: labels[n] for n in step.hand})
     L += _verdict(step)
     return step
@@ -566,7 +572,7 @@ def general_delta(seed: int) -> Step:
     )
     step.deltas = hand_sweep(net, trace, step.y, lines=L)
     step.hand = hand_gradients(net, trace, step.deltas)
-    _engine(step)
+    _engine_and_fd(step)
     L.append("  the engine's backward sweep (engine/backward.py, error_sweep):")
     for j in reversed(net.order[1:]):
         d = step.engine_deltas[j]
@@ -622,7 +628,7 @@ def mini_batch(seed: int) -> Step:
         f"    (the same as the loop over the examples of z_{i}^n^T delta_{j}^n / {BATCH}, "
         f"to {_diff(looped, step.hand[weight_name(i, j)]):.0e})",
     ]
-    _engine(step)
+    _engine_and_fd(step)
     L.append("  every parameter (engine: error_sweep and weight_updates on the batch):")
     L += _gradient_lines(step)
     L += _verdict(step)
