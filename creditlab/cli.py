@@ -574,10 +574,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the derivation of backpropagation, executed on a tiny network, number by number",
     )
     p.add_argument("--seed", type=int, default=0, help="draws the weights and examples (default 0)")
+    from creditlab.rules import RULES
+
     p.add_argument(
         "--rule",
         default=None,
-        help="also show where this rule departs from backpropagation (see `creditlab rules`)",
+        help="also show where this rule departs from backpropagation: " + ", ".join(sorted(RULES)),
     )
     p.add_argument(
         "--rule-opt",
