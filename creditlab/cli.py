@@ -1,4 +1,4 @@
-"""The command line: `creditlab train`, `compare`, `tune`, `gradcheck` and `rules`."""
+"""The command line: `creditlab train`, `compare`, `tune`, `gradcheck`, `explain` and `rules`."""
 
 from __future__ import annotations
 
@@ -430,6 +430,23 @@ def cmd_rules(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from creditlab.explain import explain
+
+    opts = _rule_opts(args.rule_opt, args.rule) if args.rule else {}
+    if args.rule_opt and not args.rule:
+        raise UsageError("--rule-opt needs --rule (the options are the rule's)")
+    out = None if args.no_picture else args.out
+    result = explain(seed=args.seed, rule=args.rule, rule_opts=opts, out=out, force=args.force)
+    print(result.text(), end="")
+    if result.picture is not None:
+        print(f"wrote {result.picture}")
+    if not result.ok:
+        print("creditlab: a check above does not match (see DOES NOT MATCH)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="creditlab", description="Train networks by backpropagation and its challengers."
@@ -563,6 +580,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="PNG to write (default RUN/figure4.png)")
     p.add_argument("--examples", type=int, default=3, help="test digits to show")
     p.set_defaults(func=cmd_capsules)
+
+    p = sub.add_parser(
+        "explain",
+        help="the derivation of backpropagation, executed on a tiny network, number by number",
+    )
+    p.add_argument("--seed", type=int, default=0, help="draws the weights and examples (default 0)")
+    from creditlab.rules import RULES
+
+    p.add_argument(
+        "--rule",
+        default=None,
+        help="also show where this rule departs from backpropagation: " + ", ".join(sorted(RULES)),
+    )
+    p.add_argument(
+        "--rule-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of --rule, e.g. fa.scale=1.0 (repeatable)",
+    )
+    p.add_argument(
+        "--out",
+        default="explain.svg",
+        help="the picture of the deltas flowing backwards: .svg, .png or .pdf (default "
+        "%(default)s)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--no-picture", action="store_true", help="print only; write no picture")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("rules", help="list the learning rules and their options")
     p.set_defaults(func=cmd_rules)
