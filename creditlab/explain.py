@@ -33,8 +33,8 @@ import torch
 from creditlab.engine.backward import error_sweep, weight_updates
 from creditlab.engine.network import Network, Trace, bias_name, weight_name
 from creditlab.errors import UsageError
-from creditlab.experiments.diagnostics import angle, cosine
 from creditlab.rules import rule as make_rule
+from creditlab.training.diagnostics import angle, cosine
 
 Tensor = torch.Tensor
 FD_EPS = 1e-6  # central differences in float64: truncation ~eps^2, round-off ~1e-16 / eps
