@@ -28,8 +28,19 @@ SMALL = {
     "train": ["--epochs", "1", "--train-subset", "600", "--val-size", "200", "--quiet"],
     "compare": ["--epochs", "1", "--seeds", "1", "--train-subset", "600", "--quiet"],
     "gan": ["--epochs", "1", "--train-subset", "600", "--eval-samples", "500", "--quiet"],
-    "tune": ["--trials", "2", "--epochs", "1", "--seeds", "1", "--train-subset", "600",
-             "--workers", "1", "--quiet"],
+    "tune": [
+        "--trials",
+        "2",
+        "--epochs",
+        "1",
+        "--seeds",
+        "1",
+        "--train-subset",
+        "600",
+        "--workers",
+        "1",
+        "--quiet",
+    ],
 }
 # What each subcommand prints when it has finished (besides exit code 0).
 FINISHED = {
@@ -83,9 +94,7 @@ def _small(argv: list[str], out: Path) -> list[str]:
     return argv + SMALL[argv[0]]
 
 
-@pytest.mark.parametrize(
-    "step", range(len(STEPS)), ids=[" ".join(a)[:60] for a, _ in STEPS]
-)
+@pytest.mark.parametrize("step", range(len(STEPS)), ids=[" ".join(a)[:60] for a, _ in STEPS])
 def test_ladder_command_runs(step, tmp_path):
     argv, shown = STEPS[step]
     if "mnist" in argv and not (Path(os.environ["CREDITLAB_DATA"]) / "mnist").is_dir():

@@ -52,7 +52,9 @@ def options_markdown(name: str) -> str:
             "|---|---|---|---|",
         ]
         for key, opt in cls.options.items():
-            help_text = opt.help + (f" (one of {', '.join(map(str, opt.choices))})" if opt.choices else "")
+            help_text = opt.help
+            if opt.choices:
+                help_text += f" (one of {', '.join(map(str, opt.choices))})"
             out.append(
                 f"| `{name}.{key}` | {opt.type.__name__} | `{opt.default!r}` | {_cell(help_text)} |"
             )
@@ -63,7 +65,10 @@ def options_markdown(name: str) -> str:
         out += ["**What `creditlab tune` searches** for this rule:", ""]
         out += [f"- `{line}`" for line in describe_space(cls)]
         out.append("")
-    kinds = "every kind of group, and several outputs" if cls.any_kind else "dense networks with one output"
+    if cls.any_kind:
+        kinds = "every kind of group (convolutions, capsules, ...), and several outputs"
+    else:
+        kinds = "dense networks with one output"
     out.append(f"**Networks it trains:** {kinds}.")
     return "\n".join(out) + "\n"
 
@@ -75,7 +80,8 @@ def table_markdown(files) -> str:
     for name, cls in sorted(_registry().items()):
         has_page = files.get_file_from_path(f"rules/{name}.md") is not None
         link = f"[`{name}`]({name}.md)" if has_page else f"`{name}`"
-        out.append(f"| {link} | {_cell(cls.summary)} | {_cell(describe_settings(cls.recommended))} |")
+        settings = describe_settings(cls.recommended)
+        out.append(f"| {link} | {_cell(cls.summary)} | {_cell(settings)} |")
     return "\n".join(out) + "\n"
 
 
