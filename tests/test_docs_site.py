@@ -15,8 +15,10 @@ chromium (.ci/run installs it where it can) and is skipped without it.
 from __future__ import annotations
 
 import functools
+import html
 import http.server
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -44,7 +46,7 @@ def site(tmp_path_factory) -> Path:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={"NO_MKDOCS_2_WARNING": "1", **__import__("os").environ},
+        env={"NO_MKDOCS_2_WARNING": "1", **os.environ},
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
@@ -107,11 +109,11 @@ def test_the_site_has_every_section(site):
 def test_the_command_line_reference_comes_from_the_parser(site):
     from creditlab.cli import build_parser
 
-    html = (site / "reference" / "cli.html").read_text(encoding="utf-8")
+    text = (site / "reference" / "cli.html").read_text(encoding="utf-8")
     for action in build_parser()._subparsers._group_actions[0].choices:
-        assert f"creditlab {action}" in html, action
+        assert f"creditlab {action}" in text, action
     for option in ("--rule-opt", "--train-subset", "--matmul-precision", "--grace-epochs"):
-        assert option in html, option
+        assert option in text, option
 
 
 def test_no_internal_link_is_dead_and_nothing_comes_from_another_host(site):
@@ -148,9 +150,9 @@ def test_no_internal_link_is_dead_and_nothing_comes_from_another_host(site):
 
 
 def test_math_is_left_for_katex_served_by_the_site(site):
-    html = (site / "tutorials" / "write-a-rule.html").read_text(encoding="utf-8")
-    assert 'class="arithmatex"' in html
-    assert "assets/katex/katex.min.js" in html
+    text = (site / "tutorials" / "write-a-rule.html").read_text(encoding="utf-8")
+    assert 'class="arithmatex"' in text
+    assert "assets/katex/katex.min.js" in text
     css = (site / "assets" / "katex" / "katex.min.css").read_text(encoding="utf-8")
     for font in re.findall(r"url\(([^)]+)\)", css):
         assert (site / "assets" / "katex" / font).is_file(), font
@@ -219,7 +221,7 @@ def test_every_page_renders_its_math_and_pictures_in_chromium(site):
     assert done.returncode == 0, done.stderr[-2000:]
     found = re.search(r'<pre id="report">(.*?)</pre>', done.stdout, re.S)
     assert found and found.group(1), "the harness did not finish: " + done.stdout[-2000:]
-    report = json.loads(__import__("html").unescape(found.group(1)))
+    report = json.loads(html.unescape(found.group(1)))
     assert len(report) == len(names)
     with_math = [r for r in report if r["arithmatex"]]
     assert len(with_math) >= 5, "expected math on the rule pages and the tutorials"
