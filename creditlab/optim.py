@@ -18,7 +18,7 @@ Why not torch.optim's fused/foreach/capturable optimisers fed through `.grad`: t
 second implementation of the same formulas beside this one, which eager runs and checkpoints
 use; inside the compiled step inductor fuses this code's elementwise work into a few kernels
 with the rule's last ones, where torch.optim's own multi-tensor kernels would sit outside the
-fusion. On the CPU (benchmarks/step_time.py, README "Compiled steps") the compiled step with
+fusion. On the CPU (benchmarks/step_time.py, docs/speed-and-gpu.md) the compiled step with
 this optimiser inside was as fast as the compiled updates followed by this optimiser or by
 torch.optim's fused SGD, and faster than torch.optim's foreach SGD; on a GPU what counts is
 that the whole step is then one CUDA graph.

@@ -1,8 +1,9 @@
 """The README's ladder runs as shown: every command in it parses, and each one runs to the end
 (exit 0, the output line the README promises) on a small share of its data.
 
-The commands are read from README.md between `<!-- ladder -->` and `<!-- /ladder -->`, so a
-command edited there is the command tested here. To keep the suite quick, each runs with a few
+The commands are read from README.md between its `--8<-- [start:ladder]` and `[end:ladder]`
+markers (the same markers put the ladder into the docs' Getting started page), so a command
+edited there is the command tested here. To keep the suite quick, each runs with a few
 options appended (argparse takes the last value of a repeated option): one epoch, a few hundred
 training examples, fewer trials and seeds. Everything else is as the README prints it.
 """
@@ -54,7 +55,7 @@ FINISHED = {
 def ladder() -> list[tuple[list[str], str]]:
     """(argv after `creditlab`, the expected output the README shows after it) per step."""
     text = README.read_text(encoding="utf-8")
-    start, end = text.index("<!-- ladder -->"), text.index("<!-- /ladder -->")
+    start, end = text.index("[start:ladder]"), text.index("[end:ladder]")
     section = text[start:end]
     steps = []
     pieces = re.split(r"```bash\n(.*?)```", section, flags=re.S)

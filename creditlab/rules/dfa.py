@@ -26,9 +26,9 @@ apply.
 The start matters more than the scale on conv nets: with relu LeNet the rule barely learnt
 while the output layer's random initial weights were unrelated to B (the hidden groups grew
 and died), and learnt from output weights starting at zero, as feedback alignment needs
-(see the README's convolution results). So the rule recommends output_init "zero"
+(see docs/conv-and-capsules.md). So the rule recommends output_init "zero"
 (training/output_init.py; `--output-init random` restores the drawn start): on dense MLPs
-the start made no consistent difference either way (the README's recommended settings).
+the start made no consistent difference either way (docs/comparing-and-tuning.md).
 """
 
 from __future__ import annotations

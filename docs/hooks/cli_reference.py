@@ -76,7 +76,7 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
         out.append(f"## creditlab {name}\n")
         if summary:
             out.append(f"{summary[0].upper()}{summary[1:]}.\n")
-        usage = " ".join(sub.format_usage().split()).removeprefix("usage: ")
+        usage = sub.format_usage().removeprefix("usage: ").rstrip()  # argparse's wrapping
         out.append(f"```text\n{usage}\n```\n")
         out.append("| option | default | what it does |\n|---|---|---|")
         for action in sub._actions:

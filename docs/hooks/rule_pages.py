@@ -86,6 +86,16 @@ def table_markdown(files) -> str:
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    # A rule page written without the marker (or a pending one) still gets the generated
+    # options, unless it has an options section of its own.
+    own = re.fullmatch(r"rules/([a-z0-9_]+)\.md", page.file.src_uri)
+    if (
+        own
+        and own.group(1) in _registry()
+        and not OPTIONS.search(markdown)
+        and not re.search(r"^#+ .*\boptions\b", markdown, re.I | re.M)
+    ):
+        markdown += f"\n\n## Options and defaults\n\n<!-- rule-options: {own.group(1)} -->\n"
     markdown = OPTIONS.sub(lambda m: options_markdown(m.group(1)), markdown)
     if TABLE in markdown:
         markdown = markdown.replace(TABLE, table_markdown(files))
