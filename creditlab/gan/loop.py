@@ -41,7 +41,7 @@ from creditlab.errors import TrainingError, UsageError
 from creditlab.gan import dcgan, pictures, scoring
 from creditlab.gan.losses import gan_loss
 from creditlab.optim import SGD, Optimizer, optimizer
-from creditlab.rules import rule
+from creditlab.rules import DEFAULT_RULE, rule
 from creditlab.training import checkpoint
 from creditlab.training.trainer import (
     TrainConfig,
@@ -71,8 +71,8 @@ class GanConfig:
     latent: int = 100
     loss: str = "nonsaturating"
     k: int = 1  # discriminator steps per generator step
-    rule_g: str = "bp"
-    rule_d: str = "bp"
+    rule_g: str = DEFAULT_RULE
+    rule_d: str = DEFAULT_RULE
     rule_opts_g: dict[str, Any] = field(default_factory=dict)
     rule_opts_d: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "adam"
