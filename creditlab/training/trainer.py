@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.data.augment import image_shape_of, parse_augment, shift
@@ -36,6 +34,7 @@ from creditlab.speed.compiled import CompiledStep, compile_problem
 from creditlab.training import checkpoint, folders, guards, settings
 from creditlab.training.config import TrainConfig  # (re-exported: its home until the split)
 from creditlab.training.diagnostics import probe
+from creditlab.training.loop import EpochLoop, batch_slice, synchronize
 from creditlab.training.output_init import apply_output_init, zero_applies
 
 Tensor = torch.Tensor
@@ -342,73 +341,63 @@ class Trainer:
         return patience is not None and self.epoch - self.best["epoch"] >= patience
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch (training/loop.py runs it with this run's step); the epoch's record."""
         config, data, net = self.config, self.data, self.net
-        n = data.train_x.shape[0]
-        # Losses stay on the device and are checked every few steps (a check on CUDA waits for
-        # the GPU); every loss is recorded, so the message still names the first bad step.
-        check_every = 25
-        self._sync()
-        start = time.perf_counter()
-        order = epoch_permutation(config.seed, epoch, n, self.device)
+        steps = self.steps_per_epoch
+        loop = EpochLoop(f"epoch {epoch}/{config.epochs}", steps, self.device, self.progress)
+        order = epoch_permutation(config.seed, epoch, data.train_x.shape[0], self.device)
         xs, ys = data.train_x[order], data.train_y[order]
         max_shift = parse_augment(config.augment)
         if max_shift:
             shifts = shift_generator(config.seed, epoch, self.device)
             image = image_shape_of(data.image_shape, data.input_size)
-        losses = torch.zeros(self.steps_per_epoch, device=self.device)
+        losses = torch.zeros(steps, device=self.device)
         recorded = 0  # steps whose rule reported a batch loss (gradient-free rules may not)
         metric_sums: dict[str, float] = {}
-        bar = tqdm(
-            total=self.steps_per_epoch,
-            desc=f"epoch {epoch}/{config.epochs}",
-            unit="batch",
-            disable=not self.progress,
-            leave=True,
-            dynamic_ncols=True,
-        )
-        checked = 0
         probes: list[dict[str, Any]] = []
-        probe_seconds = 0.0
-        for step in range(self.steps_per_epoch):
-            a = step * config.batch_size
-            xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
+        lr = self.schedule((epoch - 1) * steps)
+
+        def step(i: int) -> None:
+            nonlocal recorded, lr
+            rows = batch_slice(i, config.batch_size)
+            xb, yb = xs[rows], ys[rows]
             if max_shift:
                 xb = shift(xb, image, max_shift, shifts)
             targets = targets_for(net, yb, data.n_classes)
-            global_step = (epoch - 1) * self.steps_per_epoch + step
-            lr = self.schedule(global_step)
+            lr = self.schedule((epoch - 1) * steps + i)
             if self.compiled_step:  # the optimiser's step is inside the compiled one
                 self.compiled_step(xb, targets, self.opt_state, lr)
             else:
                 updates = self.rule.updates(net, xb, targets)
             if self.rule.last_loss is not None:
-                losses[step] = self.rule.last_loss
+                losses[i] = self.rule.last_loss
                 recorded += 1
                 if self.loss_reference is None:  # the first batch, before any update
                     self.loss_reference = float(self.rule.last_loss)
             for key, value in self.rule.metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
-            if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
-                self._check_finite(losses, checked, step + 1, epoch)
-                checked = step + 1
             if not self.compiled_step:
                 self.opt.update(self.params, updates, self.opt_state, lr)
-            if config.probe_every and (global_step + 1) % config.probe_every == 0:
-                self._sync()
-                probe_start = time.perf_counter()
-                probes.append({"step": global_step + 1, **probe(self.rule, net, *self.probe_batch)})
-                self._sync()
-                probe_seconds += time.perf_counter() - probe_start  # diagnostics, not training
-            if self.progress and (step % 20 == 0 or step + 1 == self.steps_per_epoch):
-                running = float(losses[: step + 1].sum()) / max(1, recorded)
-                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-            bar.update(1)
-        self._sync()
-        seconds = time.perf_counter() - start - probe_seconds
+
+        def probe_at(done: int) -> None:
+            probes.append({"step": done, **probe(self.rule, net, *self.probe_batch)})
+
+        def postfix(i: int) -> dict[str, str] | None:
+            if i % 20 and i + 1 < steps:
+                return None
+            return {"loss": f"{float(losses[: i + 1].sum()) / max(1, recorded):.4f}"}
+
+        seconds = loop.run(
+            step,
+            lambda first, last: self._check_finite(losses, first, last, epoch),
+            first_step=(epoch - 1) * steps,
+            probe_every=config.probe_every,
+            probe=probe_at,
+            postfix=postfix,
+        )
         val_loss, val_acc = evaluate(net, self.rule, data.val_x, data.val_y, data.n_classes)
         train_loss = float(losses.sum()) / recorded if recorded else math.nan
-        bar.set_postfix(loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
-        bar.close()
+        loop.close(loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -417,7 +406,7 @@ class Trainer:
             "lr": lr,
             "seconds": seconds,
         }
-        record.update({k: v / self.steps_per_epoch for k, v in metric_sums.items()})
+        record.update({k: v / steps for k, v in metric_sums.items()})
         if probes:
             record["alignment"] = probes
         return record
@@ -433,8 +422,7 @@ class Trainer:
         guards.check_losses(losses, first, last, epoch, reference, kept)
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
 
     # ---- results --------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:
