@@ -448,6 +448,8 @@ def cmd_explain(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from creditlab.rules import DEFAULT_COMPARE_RULES, DEFAULT_RULE, DEFAULT_TUNE_RULES
+
     parser = Parser(
         prog="creditlab", description="Train networks by backpropagation and its challengers."
     )
@@ -455,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one network with one rule")
     add_training_options(p)
-    p.add_argument("--rule", default="bp", help="learning rule (see `creditlab rules`)")
+    p.add_argument("--rule", default=DEFAULT_RULE, help="learning rule (see `creditlab rules`)")
     p.add_argument(
         "--rule-opt",
         action="append",
@@ -484,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(p)
     p.add_argument(
         "--rules",
-        default="bp,fa,dfa,dni",
+        default=",".join(DEFAULT_COMPARE_RULES),
         help="comma-separated learning rules (default %(default)s)",
     )
     p.add_argument(
@@ -529,7 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_training_options(p)
     p.set_defaults(optimizer="adam", lr=1e-3)  # as compare; the search draws lr and the rest
-    p.add_argument("--rules", default="bp,fa", help="comma-separated rules (default %(default)s)")
+    p.add_argument(
+        "--rules",
+        default=",".join(DEFAULT_TUNE_RULES),
+        help="comma-separated rules (default %(default)s)",
+    )
     p.add_argument("--trials", type=int, default=20, help="trials per rule (default %(default)s)")
     p.add_argument(
         "--grace-epochs",

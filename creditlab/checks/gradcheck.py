@@ -27,7 +27,7 @@ from creditlab.engine.activations import ACTIVATIONS, LEAKY_SLOPE, leaky_slope
 from creditlab.engine.losses import LOSSES
 from creditlab.engine.network import Network, bias_name, weight_name
 from creditlab.errors import UsageError
-from creditlab.rules import rule
+from creditlab.rules import GRADIENT_RULE, rule
 
 Tensor = torch.Tensor
 MAX_SEED = 2**32 - 1000  # seeds are mixed as seed * 1000 + trial into a 64-bit generator seed
@@ -182,7 +182,7 @@ def input_signal_errors(net: Network, x: Tensor, seed: int = 0) -> tuple[float, 
     r = torch.randn(
         x.shape[0], net.output_size, generator=torch.Generator().manual_seed(seed), dtype=x.dtype
     )
-    ours = rule("bp").input_signal(net, x, r)
+    ours = rule(GRADIENT_RULE).input_signal(net, x, r)
     xa = x.detach().clone().requires_grad_(True)
     z_o = reference_forward(net, net.parameters(), xa)[net.output_name]
     (auto,) = torch.autograd.grad((r * z_o).sum(), xa)
@@ -293,7 +293,7 @@ def exact_gradient(net: Network) -> bool:
 
 
 def check_network(net: Network, x: Tensor, y: Tensor, case: str) -> CheckResult:
-    ours = rule("bp").updates(net, x, y)
+    ours = rule(GRADIENT_RULE).updates(net, x, y)
     fd = finite_differences(net, x, y) if exact_gradient(net) else None
     ag = autograd_gradients(net, x, y)
     errors = {

@@ -34,7 +34,7 @@ from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
 from creditlab.engine.network import resolve_dtype
 from creditlab.errors import TrainingError, UsageError
-from creditlab.rules import rule, rule_class
+from creditlab.rules import DEFAULT_COMPARE_RULES, rule, rule_class
 from creditlab.speed.stacked_runs import StackedTrainer, members_that_fit
 from creditlab.speed.vmap_stack import StackError
 from creditlab.training import checkpoint, folders, settings
@@ -46,7 +46,7 @@ from creditlab.training.trainer import (
     targets_for,
 )
 
-DEFAULT_RULES = ("bp", "fa", "dfa", "dni")
+DEFAULT_RULES = DEFAULT_COMPARE_RULES  # (rules/__init__.py)
 KIND = "creditlab-compare"  # marks a folder's results.json as a compare's
 
 

@@ -49,6 +49,7 @@ from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 class FeedbackAlignment(FeedbackRule):
     name = "fa"
     summary = "feedback alignment: errors return along fixed random matrices B in W^T's place"
+    not_compiled = None  # checked against eager in tests/test_compile.py
     recommended: ClassVar[dict[str, Any]] = {
         "optimizer": "sgd",
         "lr": 0.05,
