@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from creditlab.data.augment import augment, image_shape_of, parse_augment
-from creditlab.experiments.train import epoch_permutation, shift_generator
+from creditlab.training.trainer import epoch_permutation, shift_generator
 
 
 def epoch_batches(data, config, epoch: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

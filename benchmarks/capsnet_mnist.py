@@ -27,7 +27,7 @@ from batches import epoch_batches
 from timing import sync
 
 from creditlab.data import load_dataset
-from creditlab.experiments.train import TrainConfig, Trainer, evaluate
+from creditlab.training.trainer import TrainConfig, Trainer, evaluate
 
 
 def squash(s: torch.Tensor) -> torch.Tensor:

@@ -25,10 +25,10 @@ import time
 
 import torch
 
+from creditlab.compare import runs as compare
 from creditlab.data import load_dataset
-from creditlab.experiments import compare
-from creditlab.experiments.stacked import StackedTrainer
-from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.speed.stacked_runs import StackedTrainer
+from creditlab.training.trainer import TrainConfig, Trainer
 
 # What `creditlab compare` with no options trains (cli.py: Adam at 1e-3 for every rule).
 DEFAULT = TrainConfig(optimizer="adam", lr=1e-3)

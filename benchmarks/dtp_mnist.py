@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.training.trainer import TrainConfig, Trainer
 
 
 def main() -> None:

@@ -34,14 +34,14 @@ import creditlab as cl
 from creditlab.data import load_dataset
 from creditlab.engine.devices import resolve_device
 from creditlab.errors import TrainingError
-from creditlab.experiments.checkpoint import write_json
-from creditlab.experiments.train import TrainConfig, Trainer, evaluate
 from creditlab.rules.machinery.population import (
     antithetic_losses,
     antithetic_members,
     population_losses,
     split_like,
 )
+from creditlab.training.checkpoint import write_json
+from creditlab.training.trainer import TrainConfig, Trainer, evaluate
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -22,7 +22,7 @@ import statistics
 import torch
 
 from creditlab.data import load_dataset
-from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.training.trainer import TrainConfig, Trainer
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ import torch
 
 import creditlab as cl
 from creditlab.data import load_dataset
-from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.training.trainer import TrainConfig, Trainer
 
 
 def parse_args() -> argparse.Namespace:

@@ -2,14 +2,14 @@
 
 By default the dense GAN: generator 100-256-512-1024-784 (leaky ReLU, slope 0.01, tanh output),
 discriminator 784-512-256-1 (leaky ReLU). With --conv (or --generator/--discriminator dcgan[:W])
-the DCGAN of creditlab/experiments/gan/dcgan.py: dense to (2W, 7, 7), two transposed
+the DCGAN of creditlab/gan/dcgan.py: dense to (2W, 7, 7), two transposed
 convolutions 4x4 stride 2 up to 28x28; two convolutions 4x4 stride 2 down to (2W, 7, 7) with
 leaky ReLU 0.2, then one logit; no batch norm on either side. Non-saturating loss, Adam 2e-4 with
 betas (0.5, 0.999), batch 64, one D step per G step. Both start from the same weights (copied
 from creditlab's networks into nn.Linear / nn.Conv2d / nn.ConvTranspose2d), see the same real
 batches and the same latent noise, and train in alternating epochs in one process, so they
 share the machine's state. Both are judged every epoch by the same
-classifier (creditlab.experiments.gan.scoring) on the same fixed latent batch of 10,000.
+classifier (creditlab.gan.scoring) on the same fixed latent batch of 10,000.
 
 The PyTorch side is the loop of PyTorch's DCGAN example: D on the real batch and on the
 detached fake batch (two backward passes), then G through D; nn.Module, autograd, torch.optim.
@@ -38,9 +38,9 @@ from timing import sync
 
 from creditlab.data import load_dataset
 from creditlab.engine.devices import resolve_device
-from creditlab.experiments.gan import pictures, scoring
-from creditlab.experiments.gan.loop import GanConfig, GanTrainer, to_unit
-from creditlab.experiments.train import epoch_permutation
+from creditlab.gan import pictures, scoring
+from creditlab.gan.loop import GanConfig, GanTrainer, to_unit
+from creditlab.training.trainer import epoch_permutation
 
 
 def torch_activation(name: str) -> torch.nn.Module | None:

@@ -39,7 +39,7 @@ from timing import sync
 
 from creditlab.data import load_dataset
 from creditlab.errors import TrainingError
-from creditlab.experiments.train import TrainConfig, Trainer, evaluate
+from creditlab.training.trainer import TrainConfig, Trainer, evaluate
 
 TARGETS = {"bp": 0.91, "usf": 1.0, "brsf": 1.0, "frsf": 1.0, "fa": 1.70, "dfa": 1.61}
 

@@ -12,7 +12,7 @@ are compared: they follow the same trajectory, up to float rounding.
     python benchmarks/mlp_epoch.py --compile       # creditlab's compiled step (train --compile)
     python benchmarks/mlp_epoch.py --device cuda --compile   # also PyTorch with a CUDA graph
 
-With --compile, creditlab runs its compiled step (experiments/captured.py: torch.compile, a
+With --compile, creditlab runs its compiled step (speed/compiled.py: torch.compile, a
 CUDA graph on a GPU); the first round, which pays for compiling, is the warm-up. On a GPU the
 script also times the same compiled step in torch.compile's own CUDA graphs (the fallback of
 the graphs captured by hand) and plain PyTorch with the whole step captured in a CUDA graph
@@ -30,8 +30,8 @@ from timing import add_precision_option, apply_precision, sync
 from torch._dynamo.utils import counters
 
 from creditlab.data import load_dataset
-from creditlab.experiments.captured import CompiledStep
-from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation
+from creditlab.speed.compiled import CompiledStep
+from creditlab.training.trainer import TrainConfig, Trainer, epoch_permutation
 
 
 def torch_model(trainer: Trainer) -> torch.nn.Sequential:

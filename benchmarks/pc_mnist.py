@@ -27,7 +27,7 @@ import statistics
 import torch
 
 from creditlab.data import load_dataset
-from creditlab.experiments.train import TrainConfig, Trainer, evaluate
+from creditlab.training.trainer import TrainConfig, Trainer, evaluate
 
 
 def run_epoch(trainer: Trainer) -> dict:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from creditlab.data import load_dataset
-from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.training.trainer import TrainConfig, Trainer
 
 HERE = Path(__file__).parent
 TANH_5X256 = dict(model="mlp:256-256-256-256-256", activation="tanh", optimizer="adam")

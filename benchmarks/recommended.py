@@ -18,8 +18,8 @@ import torch
 
 from creditlab.data import load_dataset
 from creditlab.errors import TrainingError
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.rules import RULES
+from creditlab.training.trainer import TrainConfig, Trainer
 
 
 def main() -> None:

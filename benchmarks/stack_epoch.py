@@ -27,8 +27,8 @@ from timing import add_precision_option, apply_precision, sync
 
 from creditlab.data import load_dataset
 from creditlab.engine.devices import resolve_device
-from creditlab.experiments.stacked import StackedTrainer
-from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation
+from creditlab.speed.stacked_runs import StackedTrainer
+from creditlab.training.trainer import TrainConfig, Trainer, epoch_permutation
 
 
 class TorchStack(torch.nn.Module):

@@ -26,7 +26,7 @@ from mlp_epoch import torch_model
 from timing import add_precision_option, apply_precision, sync
 
 from creditlab.data import load_dataset
-from creditlab.experiments.train import TrainConfig, Trainer, epoch_permutation
+from creditlab.training.trainer import TrainConfig, Trainer, epoch_permutation
 
 
 def optimiser_after(config: TrainConfig, data, kind: str):

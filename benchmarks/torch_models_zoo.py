@@ -1,7 +1,7 @@
 """ResNet-20 and the small VGG as plain torch.nn modules, for side-by-side runs with creditlab.
 
 They are the torch twins of creditlab's presets `resnet20` and `vgg:small`
-(creditlab/experiments/zoo.py): the same layers, with submodules named as the presets name
+(creditlab/engine/zoo.py): the same layers, with submodules named as the presets name
 their groups, so that creditlab.from_torch(module, x) gives the preset's structure and
 creditlab.to_torch(preset_network, module) copies a network trained by creditlab into them.
 ResNet-20 (He et al. 2016, CIFAR, n = 3) uses option-B shortcuts: the identity, and a 1x1

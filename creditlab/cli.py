@@ -1,4 +1,4 @@
-"""The command line: `creditlab train`, `compare`, `tune`, `gradcheck` and `rules`."""
+"""The command line: `creditlab train`, `compare`, `tune`, `gradcheck`, `explain` and `rules`."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _rule_opts(items: list[str], rule_name: str) -> dict[str, str]:
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
     from creditlab.engine.devices import MATMUL_PRECISIONS
-    from creditlab.experiments.train import TrainConfig
+    from creditlab.training.trainer import TrainConfig
 
     d = TrainConfig()
     p.add_argument(
@@ -86,7 +86,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     # Unset (None) unless given: the rule's recommendation applies, else the default
-    # (creditlab/experiments/settings.py); `creditlab rules` lists each rule's.
+    # (creditlab/training/settings.py); `creditlab rules` lists each rule's.
     recommended = "(default: the rule's recommendation, see `creditlab rules`, else {})"
     p.add_argument(
         "--optimizer", default=None, help="sgd, adam or adamw " + recommended.format("sgd")
@@ -147,7 +147,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args, rule_name: str, rule_opts: dict):
-    from creditlab.experiments.train import TrainConfig
+    from creditlab.training.trainer import TrainConfig
 
     return TrainConfig(
         dataset=args.dataset,
@@ -195,8 +195,8 @@ def _fresh_dir(base: Path) -> Path:
 
 
 def cmd_train(args) -> int:
-    from creditlab.experiments import folders
-    from creditlab.experiments.train import train
+    from creditlab.training import folders
+    from creditlab.training.trainer import train
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
     config = config_from_args(args, args.rule, _rule_opts(args.rule_opt, args.rule))
@@ -237,7 +237,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from creditlab.experiments import compare, folders
+    from creditlab.compare import runs as compare
+    from creditlab.training import folders
 
     if args.report_only:
         if args.out is None:
@@ -279,7 +280,7 @@ def cmd_compare(args) -> int:
     finally:
         if pool is not None:
             pool.close()
-    from creditlab.experiments import report
+    from creditlab.compare import report
 
     print(report.markdown_table(report.tables(record)[0]))
     failed = [r for r in record["runs"] if r["status"] != "finished"]
@@ -295,7 +296,7 @@ def cmd_compare(args) -> int:
 
 
 def _open_pool(args):
-    from creditlab.experiments.sweeps.ray_backend import open_pool
+    from creditlab.tune.ray_backend import open_pool
 
     gpus = args.gpus_per_trial
     if gpus is None:  # a trial on CUDA asks for a whole GPU unless told otherwise
@@ -304,8 +305,8 @@ def _open_pool(args):
 
 
 def cmd_tune(args) -> int:
-    from creditlab.experiments import compare
-    from creditlab.experiments.sweeps import tune
+    from creditlab.compare import runs as compare
+    from creditlab.tune import search as tune
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
     rules = compare.rule_list(args.rules)
@@ -376,7 +377,7 @@ def add_pool_options(p: argparse.ArgumentParser, tune: bool) -> None:
 
 
 def cmd_gradcheck(args) -> int:
-    from creditlab.experiments import gradcheck
+    from creditlab.checks import gradcheck
 
     tol_fd = gradcheck.check_tolerance("--tol-fd", args.tol_fd)
     tol_autograd = gradcheck.check_tolerance("--tol-autograd", args.tol_autograd)
@@ -408,16 +409,16 @@ def cmd_gradcheck(args) -> int:
 
 
 def cmd_capsules(args) -> int:
-    from creditlab.experiments.capsules import figure4
+    from creditlab.figures.capsules import figure4
 
     print(f"wrote {figure4(args.run, args.out, args.examples)}")
     return 0
 
 
 def cmd_rules(args) -> int:
-    from creditlab.experiments.settings import describe as describe_settings
     from creditlab.rules import RULES
     from creditlab.rules.machinery.space import describe as describe_space
+    from creditlab.training.settings import describe as describe_settings
 
     for name, cls in sorted(RULES.items()):
         print(f"{name:10s} {cls.summary}")
@@ -431,7 +432,26 @@ def cmd_rules(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from creditlab.explain import explain
+
+    opts = _rule_opts(args.rule_opt, args.rule) if args.rule else {}
+    if args.rule_opt and not args.rule:
+        raise UsageError("--rule-opt needs --rule (the options are the rule's)")
+    out = None if args.no_picture else args.out
+    result = explain(seed=args.seed, rule=args.rule, rule_opts=opts, out=out, force=args.force)
+    print(result.text(), end="")
+    if result.picture is not None:
+        print(f"wrote {result.picture}")
+    if not result.ok:
+        print("creditlab: a check above does not match (see DOES NOT MATCH)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from creditlab.rules import DEFAULT_COMPARE_RULES, DEFAULT_RULE, DEFAULT_TUNE_RULES
+
     parser = Parser(
         prog="creditlab", description="Train networks by backpropagation and its challengers."
     )
@@ -439,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one network with one rule")
     add_training_options(p)
-    p.add_argument("--rule", default="bp", help="learning rule (see `creditlab rules`)")
+    p.add_argument("--rule", default=DEFAULT_RULE, help="learning rule (see `creditlab rules`)")
     p.add_argument(
         "--rule-opt",
         action="append",
@@ -468,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(p)
     p.add_argument(
         "--rules",
-        default="bp,fa,dfa,dni",
+        default=",".join(DEFAULT_COMPARE_RULES),
         help="comma-separated learning rules (default %(default)s)",
     )
     p.add_argument(
@@ -513,7 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_training_options(p)
     p.set_defaults(optimizer="adam", lr=1e-3)  # as compare; the search draws lr and the rest
-    p.add_argument("--rules", default="bp,fa", help="comma-separated rules (default %(default)s)")
+    p.add_argument(
+        "--rules",
+        default=",".join(DEFAULT_TUNE_RULES),
+        help="comma-separated rules (default %(default)s)",
+    )
     p.add_argument("--trials", type=int, default=20, help="trials per rule (default %(default)s)")
     p.add_argument(
         "--grace-epochs",
@@ -565,10 +589,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=3, help="test digits to show")
     p.set_defaults(func=cmd_capsules)
 
+    p = sub.add_parser(
+        "explain",
+        help="the derivation of backpropagation, executed on a tiny network, number by number",
+    )
+    p.add_argument("--seed", type=int, default=0, help="draws the weights and examples (default 0)")
+    from creditlab.rules import RULES
+
+    p.add_argument(
+        "--rule",
+        default=None,
+        help="also show where this rule departs from backpropagation: " + ", ".join(sorted(RULES)),
+    )
+    p.add_argument(
+        "--rule-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of --rule, e.g. fa.scale=1.0 (repeatable)",
+    )
+    p.add_argument(
+        "--out",
+        default="explain.svg",
+        help="the picture of the deltas flowing backwards: .svg, .png or .pdf (default "
+        "%(default)s)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--no-picture", action="store_true", help="print only; write no picture")
+    p.set_defaults(func=cmd_explain)
+
     p = sub.add_parser("rules", help="list the learning rules and their options")
     p.set_defaults(func=cmd_rules)
 
-    from creditlab.experiments.gan import cli as gan_cli
+    from creditlab.gan import cli as gan_cli
 
     gan_cli.register(sub)  # gan, sample, gan-compare
     return parser

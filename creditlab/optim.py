@@ -8,7 +8,7 @@ follow torch.optim, so a run here and a plain PyTorch run with the same settings
 steps.
 
 Capturable form. In eager runs the step count is a Python int and the rate a Python float, as
-checkpoints store them. Inside a captured step (experiments/captured.py) both are 0-d tensors
+checkpoints store them. Inside a captured step (speed/compiled.py) both are 0-d tensors
 on the device instead, so that neither a new step count nor a schedule's new rate recompiles
 the step or leaves a CUDA graph: the same `update` then uses only tensor arithmetic (no Python
 branch on the step, no Python number taken from a tensor). `captured_state` makes that form of
@@ -18,7 +18,7 @@ Why not torch.optim's fused/foreach/capturable optimisers fed through `.grad`: t
 second implementation of the same formulas beside this one, which eager runs and checkpoints
 use; inside the compiled step inductor fuses this code's elementwise work into a few kernels
 with the rule's last ones, where torch.optim's own multi-tensor kernels would sit outside the
-fusion. On the CPU (benchmarks/step_time.py, README "Compiled steps") the compiled step with
+fusion. On the CPU (benchmarks/step_time.py, docs/speed-and-gpu.md) the compiled step with
 this optimiser inside was as fast as the compiled updates followed by this optimiser or by
 torch.optim's fused SGD, and faster than torch.optim's foreach SGD; on a GPU what counts is
 that the whole step is then one CUDA graph.

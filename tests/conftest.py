@@ -69,7 +69,7 @@ def straight_and_resumed(make_config, tmp_path, data, monkeypatch, stop_at: int 
     """Train one configuration twice: straight through, and interrupted as epoch `stop_at`
     begins, then resumed from its checkpoint. Returns (straight trainer, its results, resumed
     trainer, its results), for tests that the two end the same."""
-    from creditlab.experiments.train import Trainer
+    from creditlab.training.trainer import Trainer
 
     straight = Trainer(make_config(), tmp_path / "straight", progress=False, data=data)
     expected = straight.fit()

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from creditlab.checks.gradcheck import REFERENCE_ACTIVATIONS
 from creditlab.engine.activations import ACTIVATIONS, activation
 from creditlab.errors import UnknownNameError
-from creditlab.experiments.gradcheck import REFERENCE_ACTIVATIONS
 
 # Points near 0 but off relu's kink, and large magnitudes where saturation matters.
 S = torch.cat([torch.linspace(-6, 6, 241, dtype=torch.float64), torch.tensor([-30.0, 30.0])])

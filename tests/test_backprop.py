@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import creditlab as cl
+from creditlab.checks import gradcheck
 from creditlab.engine.activations import ACTIVATIONS
 from creditlab.engine.backward import backward_sweep, output_delta
 from creditlab.engine.losses import LOSSES
-from creditlab.experiments import gradcheck
 from tests.conftest import make_dag
 
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 import creditlab as cl
+from creditlab.checks import gradcheck
 from creditlab.engine.network import weight_name
 from creditlab.errors import UsageError
-from creditlab.experiments import gradcheck
 from creditlab.rules.machinery.feedback import FeedbackRule, feedback_connections
 
 
@@ -105,7 +105,7 @@ def test_running_statistics_travel_with_copy_and_load_parameters_and_specs():
 def test_training_checkpoints_keep_the_running_statistics(tmp_path, digits):
     """A run's best-epoch weights (copy_parameters) hold the buffers: restoring them gives the
     same predictions."""
-    from creditlab.experiments.models import build_model
+    from creditlab.engine.models import build_model
 
     net = build_model("vgg:small", 64, 10, dtype=torch.float32, image_shape=(1, 8, 8))
     rule, opt = cl.rule("bp"), cl.optim.Adam()

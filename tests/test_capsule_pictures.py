@@ -6,7 +6,7 @@ import json
 import torch
 
 from creditlab import cli
-from creditlab.experiments.capsules import STEPS, load_run, perturbation_grid
+from creditlab.figures.capsules import STEPS, load_run, perturbation_grid
 from tests.test_capsules import small_capsnet
 
 

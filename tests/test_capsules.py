@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import creditlab as cl
+from creditlab.checks import gradcheck
 from creditlab.engine.activations import squash, squash_vjp
 from creditlab.engine.losses import loss
+from creditlab.engine.models import build_model
 from creditlab.errors import GraphError
-from creditlab.experiments import gradcheck
-from creditlab.experiments.models import build_model
 from tests.conftest import train_on_digits
 from tests.test_conv import CARRYING, Transposed
 

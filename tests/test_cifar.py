@@ -23,7 +23,7 @@ from creditlab import cli
 from creditlab.data import cifar, load_dataset
 from creditlab.data.augment import augment, crop, flip, parse_augment, shift
 from creditlab.errors import DataError, UsageError
-from creditlab.experiments.train import TrainConfig
+from creditlab.training.trainer import TrainConfig
 from tests.conftest import straight_and_resumed
 
 PER_BATCH = 40  # records per CIFAR-10 data batch in the fake set (the official: 10,000)

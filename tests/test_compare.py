@@ -16,11 +16,12 @@ import pytest
 import torch
 
 from creditlab import cli
+from creditlab.compare import runs as compare
 from creditlab.errors import UsageError
-from creditlab.experiments import compare, settings
-from creditlab.experiments.train import Trainer
 from creditlab.rules import RULES, Option, Rule
 from creditlab.rules.bp import Backprop
+from creditlab.training import settings
+from creditlab.training.trainer import Trainer
 
 PNG = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("val_accuracy.png", "alignment.png", "feedback_alignment.png")

@@ -13,10 +13,10 @@ import torch
 from torch._dynamo.utils import counters
 
 from creditlab import cli
-from creditlab.experiments import checkpoint
-from creditlab.experiments.captured import CompiledStep
-from creditlab.experiments.stacked import StackedTrainer
-from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.speed.compiled import CompiledStep
+from creditlab.speed.stacked_runs import StackedTrainer
+from creditlab.training import checkpoint
+from creditlab.training.trainer import TrainConfig, Trainer
 
 TINY = TrainConfig(
     dataset="digits",

@@ -5,11 +5,11 @@ import pytest
 import torch
 
 import creditlab as cl
+from creditlab.checks import gradcheck
+from creditlab.engine.models import build_model
 from creditlab.errors import GraphError, UsageError
-from creditlab.experiments import gradcheck
-from creditlab.experiments.models import build_model
-from creditlab.experiments.output_init import apply_output_init
 from creditlab.rules.machinery.feedback import FeedbackRule
+from creditlab.training.output_init import apply_output_init
 from tests.conftest import train_on_digits
 
 CARRYING = ["bp", "fa", "dfa", "usf", "brsf", "frsf", "dni", "cdni"]

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import creditlab as cl
+from creditlab.checks import gradcheck
 from creditlab.engine.activations import activation
 from creditlab.errors import GraphError, UsageError
-from creditlab.experiments import gradcheck
-from creditlab.experiments.gan.losses import GAN_LOSSES
+from creditlab.gan.losses import GAN_LOSSES
 from tests.test_conv import CARRYING, Transposed
 
 
@@ -70,7 +70,7 @@ def test_input_signal_is_the_gradient_through_conv_kinds(make, seed):
 
 
 def test_generator_and_discriminator_of_a_dcgan_give_the_gan_loss_gradient():
-    from creditlab.experiments.gan import dcgan
+    from creditlab.gan import dcgan
 
     g = dcgan.generator(3, 4, (1, 8, 8), torch.float64, "cpu", 0)
     d = dcgan.discriminator(3, (1, 8, 8), torch.float64, "cpu", 1)
@@ -236,7 +236,7 @@ def test_leaky_relu_slopes():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_transposed_convolutions_give_the_same_updates_and_signals_on_cuda():
-    from creditlab.experiments.gan import dcgan
+    from creditlab.gan import dcgan
 
     results = []
     for device in ("cpu", "cuda"):

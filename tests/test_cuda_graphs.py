@@ -1,4 +1,4 @@
-"""The compiled step captured by hand in CUDA graphs (experiments/cuda_graphs.py).
+"""The compiled step captured by hand in CUDA graphs (speed/cuda_graphs.py).
 
 On the CPU the bookkeeping runs against a stand-in for CUDA graphs that behaves as one does: a
 capture records the step without running it, and a replay runs what was recorded on the
@@ -13,9 +13,9 @@ import dataclasses
 import pytest
 import torch
 
-from creditlab.experiments.captured import CompiledStep
-from creditlab.experiments.cuda_graphs import WARM_UP_CALLS, StepGraphs
-from creditlab.experiments.train import Trainer
+from creditlab.speed.compiled import CompiledStep
+from creditlab.speed.cuda_graphs import WARM_UP_CALLS, StepGraphs
+from creditlab.training.trainer import Trainer
 from tests.test_compile import TINY as COMPILE_TINY
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

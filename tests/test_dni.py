@@ -11,17 +11,17 @@ import torch
 
 import creditlab as cl
 from creditlab import cli
+from creditlab.checks import gradcheck
 from creditlab.engine.backward import (
     backward_sweep,
     incoming_signal,
     output_delta,
     transpose_feedback,
 )
+from creditlab.engine.models import skip_network
 from creditlab.errors import UsageError
-from creditlab.experiments import gradcheck
-from creditlab.experiments.models import skip_network
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.rules.machinery.blocks import Synthesizer, condition
+from creditlab.training.trainer import TrainConfig, Trainer
 from tests.conftest import make_dag, straight_and_resumed
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import creditlab as cl
+from creditlab.checks import gradcheck
+from creditlab.engine.models import skip_network
 from creditlab.errors import UsageError
-from creditlab.experiments import gradcheck
-from creditlab.experiments.models import skip_network
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.rules.machinery.inverses import InverseMappings
+from creditlab.training.trainer import TrainConfig, Trainer
 from tests.conftest import make_dag
 
 BETA = 0.3

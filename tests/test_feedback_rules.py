@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import creditlab as cl
+from creditlab.checks import gradcheck
 from creditlab.engine.activations import ACTIVATIONS
 from creditlab.engine.network import weight_name
 from creditlab.errors import UsageError
-from creditlab.experiments import gradcheck
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.optim import SGD
 from creditlab.rules.machinery.feedback import feedback_connections
+from creditlab.training.trainer import TrainConfig, Trainer
 from tests.conftest import make_dag, straight_and_resumed
 
 RULES = ("fa", "dfa", "usf", "brsf", "frsf")
@@ -214,7 +214,7 @@ def test_dfa_on_a_dag_whose_output_reads_several_groups_equals_bp_with_B_j_equal
 def test_dfa_sends_the_output_error_to_every_hidden_group_of_a_dag(dropout):
     """On a skip network (each group reads the one below and the input; the output reads all)
     every hidden group's delta is f'(s_j) * (e B_j), never through other groups' weights."""
-    from creditlab.experiments.models import skip_network
+    from creditlab.engine.models import skip_network
 
     net = skip_network([7, 5, 6], 4, 3, activation="tanh", dtype=torch.float64, dropout=dropout)
     x, y = gradcheck.random_batch(net, 9, seed=9)

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 import creditlab as cl
+from creditlab.engine.models import build_model
 from creditlab.engine.network import bias_name, weight_name
 from creditlab.errors import UsageError
-from creditlab.experiments.models import build_model
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.rules.machinery import goodness as gd
+from creditlab.training.trainer import TrainConfig, Trainer
 from tests.conftest import make_dag, straight_and_resumed
 
 

@@ -17,16 +17,16 @@ import torch
 from creditlab.data import load_dataset
 from creditlab.engine.network import weight_name
 from creditlab.errors import UsageError
-from creditlab.experiments.gan import scoring
-from creditlab.experiments.gan.fid import Gaussian, frechet_distance
-from creditlab.experiments.gan.loop import (
+from creditlab.gan import scoring
+from creditlab.gan.fid import Gaussian, frechet_distance
+from creditlab.gan.loop import (
     GanConfig,
     GanTrainer,
     build_discriminator,
     build_generator,
     train_gan,
 )
-from creditlab.experiments.gan.losses import GAN_LOSSES
+from creditlab.gan.losses import GAN_LOSSES
 from tests.conftest import Interrupt
 from tests.test_gan_signals import reference_output
 

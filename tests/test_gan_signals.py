@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import creditlab as cl
+from creditlab.checks import gradcheck
 from creditlab.engine.activations import ACTIVATIONS
 from creditlab.engine.backward import (
     backward_sweep,
@@ -20,8 +21,7 @@ from creditlab.engine.backward import (
 )
 from creditlab.engine.network import bias_name, weight_name
 from creditlab.errors import UsageError
-from creditlab.experiments import gradcheck
-from creditlab.experiments.gan.losses import GAN_LOSSES
+from creditlab.gan.losses import GAN_LOSSES
 from creditlab.rules import RULES
 
 

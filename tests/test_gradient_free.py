@@ -6,16 +6,16 @@ import pytest
 import torch
 
 import creditlab as cl
+from creditlab.checks.gradcheck import random_batch, random_dag
 from creditlab.errors import UsageError
-from creditlab.experiments.diagnostics import cosine
-from creditlab.experiments.gradcheck import random_batch, random_dag
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.rules.machinery.population import (
     antithetic_losses,
     antithetic_members,
     population_losses,
     stack_members,
 )
+from creditlab.training.diagnostics import cosine
+from creditlab.training.trainer import TrainConfig, Trainer
 from tests.conftest import make_dag, straight_and_resumed
 
 

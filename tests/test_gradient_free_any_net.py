@@ -9,13 +9,13 @@ import pytest
 import torch
 
 import creditlab as cl
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.rules.machinery.population import (
     antithetic_applies,
     antithetic_members,
     population_losses,
     stack_members,
 )
+from creditlab.training.trainer import TrainConfig, Trainer
 from tests.test_capsules import small_capsnet
 
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from creditlab.errors import UsageError
-from creditlab.experiments.train import TrainConfig
 from creditlab.optim import Schedule, parse_milestones
+from creditlab.training.trainer import TrainConfig
 
 
 def test_milestones_give_multisteplr_rates():

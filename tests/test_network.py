@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import creditlab as cl
+from creditlab.engine.models import build_model
 from creditlab.errors import GraphError, UnknownNameError, UsageError
-from creditlab.experiments.models import build_model
 from tests.conftest import make_dag
 
 

@@ -13,9 +13,9 @@ import torch
 import creditlab as cl
 from creditlab import cli
 from creditlab.errors import UsageError
-from creditlab.experiments.output_init import apply_output_init
-from creditlab.experiments.stacked import train_stacked
-from creditlab.experiments.train import TrainConfig, Trainer, differing_fields, train
+from creditlab.speed.stacked_runs import train_stacked
+from creditlab.training.output_init import apply_output_init
+from creditlab.training.trainer import TrainConfig, Trainer, differing_fields, train
 
 TINY = TrainConfig(
     dataset="digits",

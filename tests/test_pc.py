@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import creditlab as cl
+from creditlab.checks import gradcheck
+from creditlab.engine.models import build_model
 from creditlab.engine.network import bias_name, weight_name
 from creditlab.errors import TrainingError, UsageError
-from creditlab.experiments import gradcheck
-from creditlab.experiments.diagnostics import cosine
-from creditlab.experiments.models import build_model
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.rules.machinery.energy import relax
+from creditlab.training.diagnostics import cosine
+from creditlab.training.trainer import TrainConfig, Trainer
 from tests.conftest import make_dag
 
 

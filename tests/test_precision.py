@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from creditlab import cli
+from creditlab.compare import runs as compare
 from creditlab.errors import TrainingError, UsageError
-from creditlab.experiments import compare
-from creditlab.experiments.train import TrainConfig, Trainer
+from creditlab.training.trainer import TrainConfig, Trainer
 
 TINY = TrainConfig(
     dataset="digits", train_subset=60, batch_size=30, epochs=1, model="mlp:8", probe_every=0

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import creditlab as cl
+from creditlab.checks import gradcheck
+from creditlab.engine.models import build_model
 from creditlab.errors import GraphError, UsageError
-from creditlab.experiments import gradcheck
-from creditlab.experiments.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

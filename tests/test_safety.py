@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from creditlab import cli
-from creditlab.experiments import checkpoint
-from creditlab.experiments.train import Trainer
 from creditlab.rules.bp import Backprop
+from creditlab.training import checkpoint
+from creditlab.training.trainer import Trainer
 from tests.test_data import make_idx_folder, write_idx
 
 TINY = [
@@ -67,7 +67,7 @@ def test_an_explosion_that_stays_finite_is_named(tmp_path, digits, monkeypatch):
     monkeypatch.setattr(Backprop, "calls", 0, raising=False)
     monkeypatch.setattr(Backprop, "updates", growing)
     from creditlab.errors import TrainingError
-    from creditlab.experiments.train import TrainConfig
+    from creditlab.training.trainer import TrainConfig
 
     config = TrainConfig(epochs=2, model="mlp:16", probe_every=0)
     with pytest.raises(TrainingError, match=r"exploded to .* times its starting value"):

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from creditlab import cli
-from creditlab.experiments import settings
-from creditlab.experiments.train import TrainConfig, Trainer
 from creditlab.optim import OPTIMIZERS, SCHEDULES
 from creditlab.rules import RULES
+from creditlab.training import settings
+from creditlab.training.trainer import TrainConfig, Trainer
 
 TINY = ["--train-subset", "1000", "--batch-size", "25", "--model", "mlp:16", "--quiet"]
 
@@ -76,7 +76,7 @@ def test_compare_gives_each_rule_its_settings_unless_set_for_all(tmp_path):
 
 
 # The targets on digits, with no option but the rule: mlp:64, 20 epochs, seed 0.
-# Measured (test accuracy): see the README's table "Every rule with its recommended settings".
+# Measured (test accuracy): see docs/results.md, "Every rule with nothing but --rule".
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_every_rule_learns_digits_with_its_recommended_settings(digits, name):
     config = TrainConfig(rule=name, model="mlp:64", epochs=20, probe_every=0, device="cpu")

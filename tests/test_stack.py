@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import creditlab as cl
-from creditlab.experiments.stack import Stack, StackError, stacked_rule
 from creditlab.optim import SGD, Adam
+from creditlab.speed.vmap_stack import Stack, StackError, stacked_rule
 
 
 def _members(rule_specs, seeds, sizes=(6, 7, 5, 3), dropout=0.0):

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from creditlab import cli
-from creditlab.experiments.stacked import StackedTrainer, train_stacked
-from creditlab.experiments.train import TrainConfig, train
+from creditlab.speed.stacked_runs import StackedTrainer, train_stacked
+from creditlab.training.trainer import TrainConfig, train
 
 # Small, but enough that every run learns well past chance (a run that ends near chance is
-# "stalled", experiments/guards.py).
+# "stalled", training/guards.py).
 TINY = TrainConfig(
     dataset="digits",
     train_subset=600,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import creditlab as cl
 from creditlab.engine.torch_bridge import parameter_names
 from creditlab.errors import UsageError
-from creditlab.experiments.output_init import apply_output_init
+from creditlab.training.output_init import apply_output_init
 from tests.conftest import train_on_digits
 
 # ---- the generated family ------------------------------------------------------------------

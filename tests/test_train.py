@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from creditlab.errors import CreditlabError, TrainingError, UsageError
-from creditlab.experiments import checkpoint
-from creditlab.experiments.train import TrainConfig, Trainer, train
 from creditlab.rules.bp import Backprop
+from creditlab.training import checkpoint
+from creditlab.training.trainer import TrainConfig, Trainer, train
 from tests.conftest import straight_and_resumed
 
 

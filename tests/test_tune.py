@@ -22,15 +22,15 @@ import pytest
 import torch
 
 from creditlab import cli
+from creditlab.compare import runs as compare
 from creditlab.errors import UsageError
-from creditlab.experiments import compare
-from creditlab.experiments.sweeps import tune
-from creditlab.experiments.sweeps.asha import ASHA
-from creditlab.experiments.sweeps.ray_backend import SequentialPool, open_pool
-from creditlab.experiments.train import TrainConfig
 from creditlab.rules import RULES, rule
 from creditlab.rules.base import Rule
 from creditlab.rules.machinery import space
+from creditlab.training.trainer import TrainConfig
+from creditlab.tune import search as tune
+from creditlab.tune.asha import ASHA
+from creditlab.tune.ray_backend import SequentialPool, open_pool
 
 needs_ray = pytest.mark.skipif(
     importlib.util.find_spec("ray") is None, reason="Ray not installed: pip install '.[ray]'"

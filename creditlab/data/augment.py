@@ -17,7 +17,7 @@
 - "flip" mirrors each image left to right with probability 1/2.
 
 Batches stay flat, (N, C*H*W). All draws come from one generator the caller seeds (per epoch,
-experiments/train.py), in a fixed order, so a run is reproducible and a resumed run exact.
+training/trainer.py), in a fixed order, so a run is reproducible and a resumed run exact.
 """
 
 from __future__ import annotations

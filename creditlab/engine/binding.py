@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from creditlab.engine.network import Network, bias_name, weight_name
+from creditlab.engine.network import Network
 
 Tensor = torch.Tensor
 Params = dict[str, Tensor]
@@ -23,14 +23,7 @@ Params = dict[str, Tensor]
 
 def parameter_slots(net: Network) -> dict[str, tuple[dict, Any]]:
     """Per parameter name, the dict of the network that holds it and its key there."""
-    slots: dict[str, tuple[dict, Any]] = {}
-    for j in net.order[1:]:  # the parameters Network.parameters() lists, and only those
-        kind = net.kind(j)
-        for i in net.groups[j].ins if kind.weighted else ():  # pooling has no weights
-            slots[weight_name(i, j)] = (net.W, (i, j))
-        if kind.has_bias(net.groups[j]):
-            slots[bias_name(j)] = (net.b, j)
-    return slots
+    return net.parameter_slots()
 
 
 def bind_parameters(net: Network, params: Params) -> Params:

@@ -18,6 +18,7 @@ import math
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -550,18 +551,25 @@ class Network:
         return g.shape[0] if self.loss_fn.capsules else g.size
 
     # ---- parameters -----------------------------------------------------------------------
-    def parameters(self) -> dict[str, Tensor]:
-        """Every parameter by name, as the live tensors: editing one edits the network."""
-        params: dict[str, Tensor] = {}
+    def parameter_slots(self) -> dict[str, tuple[dict, Any]]:
+        """Per parameter name, the dict that holds it (self.W or self.b) and its key there.
+
+        The one list of what is a parameter: connections of weightless kinds (pooling, masks)
+        and groups of unbiased kinds have none, whatever dicts they appear in."""
+        slots: dict[str, tuple[dict, Any]] = {}
         for j in self.order:
             if self.groups[j].is_input:
                 continue
             kind = self.kind(j)
             for i in self.groups[j].ins if kind.weighted else ():
-                params[weight_name(i, j)] = self.W[(i, j)]
+                slots[weight_name(i, j)] = (self.W, (i, j))
             if kind.has_bias(self.groups[j]):
-                params[bias_name(j)] = self.b[j]
-        return params
+                slots[bias_name(j)] = (self.b, j)
+        return slots
+
+    def parameters(self) -> dict[str, Tensor]:
+        """Every parameter by name, as the live tensors: editing one edits the network."""
+        return {name: holder[key] for name, (holder, key) in self.parameter_slots().items()}
 
     def state(self) -> dict[str, Tensor]:
         """The parameters and the buffers (batch norm's running statistics), live."""

@@ -10,7 +10,8 @@ saved in checkpoints through state_dict / load_state_dict.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -18,7 +19,19 @@ from creditlab.engine.backward import local_delta, weight_updates
 from creditlab.engine.network import Network, Trace
 from creditlab.errors import UsageError
 
+if TYPE_CHECKING:
+    from creditlab.rules.machinery.stacking import StackedRule
+
 Tensor = torch.Tensor
+
+# Every rule by name; filled by the package's discovery (rules/__init__.py). It lives here so
+# that messages can list the rules that can do something without naming any by hand.
+RULES: dict[str, type[Rule]] = {}
+
+
+def rules_that(can: Callable[[type[Rule]], bool]) -> str:
+    """ "bp, fa, ..." : the registered rules for which `can(rule class)` holds, for messages."""
+    return ", ".join(name for name, cls in RULES.items() if can(cls)) or "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +50,7 @@ class Rule:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     # Training settings this rule learns well with (optimizer, lr, momentum, weight_decay,
-    # schedule; see creditlab/experiments/settings.py); they apply wherever the user sets none.
+    # schedule; see creditlab/training/settings.py); they apply wherever the user sets none.
     recommended: ClassVar[dict[str, Any]] = {}
     options: ClassVar[dict[str, Option]] = {}
     # What a tune searches: name -> (low, high, "log" | "linear") or [choices], over the
@@ -50,6 +63,14 @@ class Rule:
     # True for rules that work on every kind of group (convolutions, capsules, ...) and on
     # networks with several outputs; the others train dense networks with one output only.
     any_kind: ClassVar[bool] = False
+    # Whether the step may run under torch.compile (--compile, speed/compiled.py): None once a
+    # test has checked that the compiled step gives eager's updates, else why not, as a clause
+    # completing "runs eagerly: ..." (the step then runs eagerly and the loop says so).
+    not_compiled: ClassVar[str | None] = "has not been checked against eager under torch.compile"
+    # Rules whose members may share one vmapped stack although their names or options differ
+    # (speed/vmap_stack.py): a base class every member derives from; None: one rule with one
+    # set of options per stack.
+    stack_family: ClassVar[type | None] = None
 
     def __init__(self, **opts: Any):
         unknown = set(opts) - set(self.options)
@@ -74,7 +95,7 @@ class Rule:
             if kind != "dense":
                 raise UsageError(
                     f"rule {self.name!r} trains dense groups only; group {j!r} is {kind} "
-                    "(rules for every kind: bp, fa, dfa, usf, brsf, frsf, dni, cdni, es, hillclimb)"
+                    f"(rules for every kind: {rules_that(lambda r: r.any_kind)})"
                 )
             if not net.kind(j).has_bias(net.groups[j]):
                 raise UsageError(
@@ -115,6 +136,12 @@ class Rule:
         """dE/dx, the signal the input group receives from the deltas above it."""
         raise UsageError(self._no_signal_message())
 
+    @classmethod
+    def carries_signals(cls) -> bool:
+        """Whether the rule can carry an error signal from outside its loss (so train either
+        half of a GAN): it overrides signal_deltas."""
+        return cls.signal_deltas is not Rule.signal_deltas
+
     def check_signal(self, net: Network) -> None:
         """Raise UsageError unless this rule can carry an outside error signal through `net`."""
         if type(self).signal_deltas is Rule.signal_deltas:
@@ -143,8 +170,24 @@ class Rule:
         return (
             f"rule {self.name!r} sends no error signal backwards, so it cannot pass a signal "
             "through a network from outside its loss (as a GAN needs); rules that can: "
-            "bp, fa, dfa, usf, brsf, frsf, dni"
+            + rules_that(lambda r: r.carries_signals())
         )
+
+    # ---- what the speed paths need --------------------------------------------------------
+    def compile_problem(self, net: Network) -> str | None:
+        """Why this rule's step on `net` is not compiled (one clause), or None."""
+        if self.not_compiled is None:
+            return None
+        if self.not_compiled == Rule.not_compiled:  # the default: say which rule
+            return f"rule {self.name} {self.not_compiled}"
+        return self.not_compiled
+
+    @classmethod
+    def stacked_form(cls, rules: Sequence[Rule], nets: Sequence[Network]) -> StackedRule | str:
+        """The step of K members (`rules[k]` trains `nets[k]`) as one vmapped computation
+        (rules/machinery/stacking.py), or the reason there is none (one line). Called on the
+        first member's class once the members were found to share a stack (stack_family)."""
+        return f"rule {cls.name} has no stacked form (it draws randomness or steps differently)"
 
     def feedback_matrices(self, net: Network) -> dict[str, Tensor]:
         """For rules that carry errors back along other matrices than W^T: per weight name,

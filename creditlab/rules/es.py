@@ -49,6 +49,7 @@ def centred_ranks(losses: torch.Tensor) -> torch.Tensor:
 class EvolutionStrategies(Rule):
     name = "es"
     summary = "evolution strategies: antithetic Gaussian perturbations, rank-shaped fitness"
+    not_compiled = "it draws its population's perturbations from its own generator every step"
     # The estimated gradient is noisy and small: Adam's per-parameter scaling suits it.
     recommended: ClassVar[dict[str, Any]] = {"optimizer": "adam", "lr": 0.01}
     # Forward passes only: it trains any network the engine can run forward.

@@ -229,7 +229,7 @@ class SyntheticGradients:
         self.opt_state: dict[str, Any] | None = None
         self.oracle: Oracle | None = None
         self.net: Network | None = None  # the network last set up for (checked at each step)
-        # A stack (experiments/stack.py) sets a dict here on its own template: step then leaves
+        # A stack (speed/vmap_stack.py) sets a dict here on its own template: step then leaves
         # the synthesizers' gradients in it, and the stack's optimiser applies them to every
         # member at once outside torch.func.vmap (see TrainedSynthesizers there).
         self.deferred: dict[str, Tensor] | None = None

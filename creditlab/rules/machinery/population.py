@@ -5,7 +5,7 @@ parameters on the same batch. Rather than loop over copies, every parameter gets
 population axis: W_ij becomes a stack (P, size_i, size_j), each group's s_j a stack
 (P, N, size_j), and one batched matrix product per connection evaluates the whole population.
 The population is a stack of networks in the sense of stacked training
-(creditlab/experiments/stack.py), on the same machinery: the engine's forward pass under
+(creditlab/speed/vmap_stack.py), on the same machinery: the engine's forward pass under
 torch.func.vmap. es keeps its antithetic pass, which shares the work of the members of a pair
 and measured faster (benchmarks/es_mnist.py speed).
 Memory grows as P times the number of parameters (the stacks) plus P times the activations.

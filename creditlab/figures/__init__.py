@@ -1,0 +1,1 @@
+"""Pictures drawn from trained runs: a capsule network's perturbed capsules (capsules)."""
