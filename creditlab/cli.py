@@ -182,7 +182,7 @@ def _fresh_dir(base: Path) -> Path:
 
 
 def cmd_train(args) -> int:
-    from creditlab.training import folders
+    from creditlab.training import folders, locks
     from creditlab.training.trainer import train
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
@@ -192,16 +192,19 @@ def cmd_train(args) -> int:
         out = _fresh_dir(Path("runs") / f"{dataset}-{config.rule}-seed{config.seed}")
     else:
         out = folders.out_path(args.out)
-    folders.check_train_out(out, args.resume, args.force)
+    if args.resume and args.force:
+        raise UsageError("--resume continues a run and --force starts it over: pass only one")
     try:
-        results = train(
-            config,
-            out,
-            resume=args.resume,
-            progress=not args.quiet,
-            force=args.force,
-            compile=args.compile,
-        )
+        with locks.hold(out, "train"):
+            folders.check_train_out(out, args.resume, args.force)
+            results = train(
+                config,
+                out,
+                resume=args.resume,
+                progress=not args.quiet,
+                force=args.force,
+                compile=args.compile,
+            )
     except KeyboardInterrupt:
         if (out / "checkpoint.pt").exists():
             kept = f"the last checkpoint in {out} is intact: add --resume to go on"
@@ -225,13 +228,15 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     from creditlab.compare import runs as compare
-    from creditlab.training import folders
+    from creditlab.training import folders, locks
 
     if args.report_only:
         if args.out is None:
             raise UsageError("--report-only needs --out, the folder of the compare to draw again")
-        for path in compare.render_folder(args.out):
-            print(f"wrote {path}")
+        locks.check_kind(Path(args.out), "compare")
+        with locks.hold(args.out, "compare"):
+            for path in compare.render_folder(args.out):
+                print(f"wrote {path}")
         return 0
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
     rules = compare.rule_list(args.rules)
@@ -243,20 +248,25 @@ def cmd_compare(args) -> int:
         out = compare.default_out_dir(config, rules, seeds, given)
     else:
         out = folders.out_path(args.out)
-    print(f"comparing {', '.join(rules)} on {len(seeds)} seed(s) in {out}")
-    pool = _open_pool(args) if args.address else None
     try:
-        record = compare.compare(
-            config,
-            rules,
-            seeds,
-            rule_opts,
-            out,
-            force=args.force,
-            progress=not args.quiet,
-            pool=pool,
-            stack=args.stack,
-        )
+        with locks.hold(out, "compare"):
+            print(f"comparing {', '.join(rules)} on {len(seeds)} seed(s) in {out}")
+            pool = _open_pool(args) if args.address else None
+            try:
+                record = compare.compare(
+                    config,
+                    rules,
+                    seeds,
+                    rule_opts,
+                    out,
+                    force=args.force,
+                    progress=not args.quiet,
+                    pool=pool,
+                    stack=args.stack,
+                )
+            finally:
+                if pool is not None:
+                    pool.close()
     except KeyboardInterrupt:
         print(
             "creditlab: interrupted; finished runs and the last checkpoint are kept: run the "
@@ -264,9 +274,6 @@ def cmd_compare(args) -> int:
             file=sys.stderr,
         )
         return 130
-    finally:
-        if pool is not None:
-            pool.close()
     from creditlab.compare import report
 
     print(report.markdown_table(report.tables(record)[0]))
@@ -293,6 +300,7 @@ def _open_pool(args):
 
 def cmd_tune(args) -> int:
     from creditlab.compare import runs as compare
+    from creditlab.training import folders, locks
     from creditlab.tune import search as tune
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
@@ -300,23 +308,27 @@ def cmd_tune(args) -> int:
     rule_opts = compare.parse_rule_opts(args.rule_opt, rules)
     config = config_from_args(args, rules[0], {})  # each trial sets its rule and settings
     seeds = compare.seed_list(args.seeds, config.seed)
-    out = Path(args.out) if args.out else Path("reports") / "tune"
-    pool = _open_pool(args)
+    out = folders.out_path(args.out) if args.out else Path("reports") / "tune"
     try:
-        tune.tune(
-            config,
-            rules,
-            args.trials,
-            out,
-            pool,
-            seeds=seeds,
-            rule_opts=rule_opts,
-            grace=args.grace_epochs,
-            eta=args.eta,
-            force=args.force,
-            progress=not args.quiet,
-            command=shlex.join(["creditlab", *sys.argv[1:]]),
-        )
+        with locks.hold(out, "tune"):
+            pool = _open_pool(args)
+            try:
+                record = tune.tune(
+                    config,
+                    rules,
+                    args.trials,
+                    out,
+                    pool,
+                    seeds=seeds,
+                    rule_opts=rule_opts,
+                    grace=args.grace_epochs,
+                    eta=args.eta,
+                    force=args.force,
+                    progress=not args.quiet,
+                    command=shlex.join(["creditlab", *sys.argv[1:]]),
+                )
+            finally:
+                pool.close()
     except KeyboardInterrupt:
         print(
             "creditlab: interrupted; finished trials and the checkpoints of the others are "
@@ -324,8 +336,6 @@ def cmd_tune(args) -> int:
             file=sys.stderr,
         )
         return 130
-    finally:
-        pool.close()
     print(
         f"best configurations in {out / 'tune.md'} ({out / 'tune.html'}); the retrained best "
         f"on the test set in {out / 'index.html'}"
@@ -577,6 +587,16 @@ def main(argv: list[str] | None = None) -> int:
         # Point stdout at /dev/null so that Python's own flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:  # the machine's fault (a full disk, an I/O error): one line, exit 1
+        where = err.filename or "a file"
+        print(f"creditlab: error: cannot use {where}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(
+            "creditlab: error: out of memory; use a smaller model, batch or data set",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ torch.load(weights_only=True), which refuses anything but tensors and plain cont
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -17,26 +18,37 @@ from typing import IO, Any
 
 import torch
 
-from creditlab.errors import CreditlabError, UsageError
+from creditlab.errors import CreditlabError, MachineError, UsageError
 
 FORMAT = 1  # bump when the checkpoint layout changes
+# Write failures that are the machine's fault (exit 1, MachineError), not the input's.
+MACHINE_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM}
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call write(f) on a temporary file, then move it to `path` in one rename. The file gets
     the permissions open() would have given it (mkstemp's are owner-only)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in MACHINE_FAULTS:
+            # A full disk, a read-only file system: the machine's fault, said in one line with
+            # the path. The previous file at `path` is untouched.
+            raise MachineError(
+                f"cannot write {path}: {os.strerror(err.errno)}; the files written before are "
+                "intact"
+            ) from None
         raise
 
 
