@@ -134,12 +134,24 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def data_dir_arg(text: str | None) -> str | None:
+    """--data-dir as an absolute path to an existing folder: the run records where its data
+    came from, so that `creditlab capsules --run` and a resume elsewhere find it again."""
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UsageError(f"--data-dir {text} {what}; give the folder holding the dataset's files")
+    return str(path.resolve())
+
+
 def config_from_args(args, rule_name: str, rule_opts: dict):
     from creditlab.training.trainer import TrainConfig
 
     return TrainConfig(
         dataset=args.dataset,
-        data_dir=args.data_dir,
+        data_dir=data_dir_arg(args.data_dir),
         val_size=args.val_size,
         train_subset=args.train_subset,
         model=args.model,
@@ -340,6 +352,14 @@ def cmd_tune(args) -> int:
         f"best configurations in {out / 'tune.md'} ({out / 'tune.html'}); the retrained best "
         f"on the test set in {out / 'index.html'}"
     )
+    statuses = [t["status"] for e in record["rules"].values() for t in e.get("trials", [])]
+    if statuses and all(s in ("stalled", "diverged", "error") for s in statuses):
+        print(
+            "creditlab: every trial stalled or diverged: the search learned nothing (see "
+            f"{out / 'tune.md'}); results kept",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -407,8 +427,19 @@ def cmd_gradcheck(args) -> int:
 
 def cmd_capsules(args) -> int:
     from creditlab.figures.capsules import figure4
+    from creditlab.training import locks
 
-    print(f"wrote {figure4(args.run, args.out, args.examples)}")
+    data_dir = data_dir_arg(args.data_dir)
+    if args.out is not None and Path(args.out).suffix.lower() != ".png":
+        raise UsageError(f"--out {args.out}: capsules draws a PNG, so the name must end in .png")
+    kind = locks.detect_kind(Path(args.run))
+    if kind not in (None, "train"):
+        raise UsageError(f"--run {args.run} is a `creditlab {kind}` folder, not a train run's")
+    # The figure goes into the run's folder (by default): held, so that a run still training
+    # cannot replace best.pt under it, and no other command writes there meanwhile.
+    with locks.hold(args.run, "train", flag="--run"):
+        path = figure4(args.run, args.out, args.examples, data_dir=data_dir)
+    print(f"wrote {path}")
     return 0
 
 
@@ -561,6 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="folder of a `creditlab train` run")
     p.add_argument("--out", default=None, help="PNG to write (default RUN/figure4.png)")
     p.add_argument("--examples", type=int, default=3, help="test digits to show")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the dataset's files (default: the one the run recorded)",
+    )
     p.set_defaults(func=cmd_capsules)
 
     p = sub.add_parser("rules", help="list the learning rules and their options")

@@ -130,11 +130,12 @@ def add_gan_options(p: argparse.ArgumentParser, pairs: bool = False) -> None:
 
 
 def config_from_args(args, rule_g: str, rule_d: str):
+    from creditlab.cli import data_dir_arg
     from creditlab.gan.loop import GanConfig
 
     return GanConfig(
         dataset=args.dataset,
-        data_dir=args.data_dir,
+        data_dir=data_dir_arg(args.data_dir),
         train_subset=args.train_subset,
         generator=args.generator,
         discriminator=args.discriminator,
@@ -238,9 +239,10 @@ SAMPLE_EXTENSIONS = (".npz",)  # the only format `sample` writes
 
 
 def cmd_sample(args) -> int:
+    from creditlab.engine import memory
     from creditlab.engine.network import Network
     from creditlab.gan.pictures import to_uint8
-    from creditlab.training import checkpoint, memory
+    from creditlab.training import checkpoint
 
     if args.n < 1:
         raise UsageError(f"--n must be a positive integer, got {args.n}")

@@ -10,6 +10,7 @@ saved in checkpoints through state_dict / load_state_dict.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -178,6 +179,8 @@ def _coerce(rule: str, key: str, option: Option, value: Any) -> Any:
         result = float(value)
     else:
         raise UsageError(f"option {rule}.{key} needs a {option.type.__name__}, got {value!r}")
+    if option.type is float and not math.isfinite(result):  # es.sigma=inf would train on NaN
+        raise UsageError(f"option {rule}.{key} needs a finite number, got {result!r}")
     if option.choices is not None and result not in option.choices:
         raise UsageError(
             f"option {rule}.{key} must be one of {', '.join(map(str, option.choices))}, "

@@ -80,20 +80,27 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(
+    path: str | os.PathLike | IO[bytes],
+    map_location: str | torch.device = "cpu",
+    name: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """A checkpoint's contents; `name` is the file messages name when `path` is an in-memory
+    copy of it."""
+    name = path if name is None else name
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise CreditlabError(f"no checkpoint at {path}") from None
+        raise CreditlabError(f"no checkpoint at {name}") from None
     except Exception as err:  # a torn or foreign file: say so, never execute it
         # torch's own message advises loading with weights_only=False, which could run code
         # hidden in the file: it is not passed on.
         raise UsageError(
-            f"{path} is not a creditlab checkpoint, or it is damaged ({type(err).__name__} "
+            f"{name} is not a creditlab checkpoint, or it is damaged ({type(err).__name__} "
             "while reading it safely); move it away, or start the run over with --force"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a creditlab checkpoint of format {FORMAT}")
+        raise UsageError(f"{name} is not a creditlab checkpoint of format {FORMAT}")
     return state
 
 

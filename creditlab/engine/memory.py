@@ -50,3 +50,46 @@ def check_fits(estimate: float, what: str, device: str = "cpu") -> None:
             f"{what} needs about {human(estimate)}, more than the {human(free)} of memory "
             f"available on {device}; make it smaller"
         )
+
+
+# Copies of the parameters a run keeps besides the parameters themselves: the update, and up to
+# two optimiser moments (Adam). And of each group's output per example: s, z, delta and a spare
+# for the kinds that keep more (capsules' predictions, pooling's indices).
+PARAMETER_COPIES = 4
+ACTIVATION_COPIES = 4
+
+
+def dense_parameters(sizes: list[int], skip: bool = False) -> int:
+    """The weights and biases of a stack of dense groups of these sizes (input first, output
+    last); with `skip`, every group reads the input too and the output reads every hidden
+    group (engine/models.py skip_network)."""
+    if not skip:
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+    inputs, hidden, out = sizes[0], sizes[1:-1], sizes[-1]
+    total, below = 0, 0
+    for size in hidden:
+        total += (inputs + below) * size + size
+        below = size
+    return total + (inputs + sum(hidden)) * out + out
+
+
+def check_model(n_parameters: int, itemsize: int, what: str, device: str = "cpu") -> None:
+    """Refuse a model whose parameters, with the copies training keeps, would not fit."""
+    check_fits(n_parameters * itemsize * PARAMETER_COPIES, what, device)
+
+
+def check_batch(net, batch: int, device: str = "cpu") -> None:
+    """Refuse a batch whose activations, on the built network, would not fit."""
+    per_example = sum(group.size for group in net.groups.values())
+    itemsize = torch_itemsize(net.dtype)
+    check_fits(
+        batch * per_example * itemsize * ACTIVATION_COPIES,
+        f"a batch of {batch} examples on this network",
+        str(device),
+    )
+
+
+def torch_itemsize(dtype) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
