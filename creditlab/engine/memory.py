@@ -3,6 +3,7 @@ estimate, rather than ending in an out-of-memory kill or a traceback from the al
 
 from __future__ import annotations
 
+import itertools
 import os
 
 from creditlab.errors import UsageError
@@ -64,7 +65,7 @@ def dense_parameters(sizes: list[int], skip: bool = False) -> int:
     last); with `skip`, every group reads the input too and the output reads every hidden
     group (engine/models.py skip_network)."""
     if not skip:
-        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=False))
+        return sum(a * b + b for a, b in itertools.pairwise(sizes))
     inputs, hidden, out = sizes[0], sizes[1:-1], sizes[-1]
     total, below = 0, 0
     for size in hidden:
