@@ -69,7 +69,9 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
     config = TrainConfig(dataset="digits", epochs=1, optimizer="adam", lr=1e-3, probe_every=0)
     with locks.hold(made["tune"], "tune"):
-        search.tune(config, ["bp"], 1, made["tune"], SequentialPool("test"), seeds=1, progress=False)
+        search.tune(
+            config, ["bp"], 1, made["tune"], SequentialPool("test"), seeds=1, progress=False
+        )
     assert cli.main(command("sample", made["sample"], made["gan"])) == 0
     return made
 

@@ -91,7 +91,9 @@ def test_train_then_train_and_train_force(tmp_path):
     try:
         held = snapshot(out)
         for extra in ([], ["--force"], ["--resume"]):
-            second = run("train", *TRAIN, "--epochs", "1", "--lr", "0.01", *extra, "--out", str(out))
+            second = run(
+                "train", *TRAIN, "--epochs", "1", "--lr", "0.01", *extra, "--out", str(out)
+            )
             assert_refused_by_holder(second, out, first)
             assert "--epochs 12" in second.stderr  # the holder's command line
             assert snapshot(out) == held  # touched nothing
@@ -138,7 +140,9 @@ def test_gan_then_compare(tmp_path):
     try:
         held = snapshot(out)
         for extra in ([], ["--force"]):
-            second = run("compare", *TRAIN, "--rules", "bp", "--seeds", "1", *extra, "--out", str(out))
+            second = run(
+                "compare", *TRAIN, "--rules", "bp", "--seeds", "1", *extra, "--out", str(out)
+            )
             assert second.returncode == 2, second.stderr
             assert len(second.stderr.strip().splitlines()) == 1
             assert str(out) in second.stderr
@@ -173,7 +177,7 @@ def test_the_lock_in_one_process(tmp_path):
     with locks.hold(folder, "train", command="creditlab train --first"):
         assert json.loads((folder / locks.LOCK_NAME).read_text())["pid"] == os.getpid()
         # flock locks belong to an open file: a second open in this process conflicts too
-        with pytest.raises(UsageError, match=r"in use by `creditlab train --first` \(pid \d+\)"):
-            with locks.hold(folder, "train"):
-                pass
+        refused = r"in use by `creditlab train --first` \(pid \d+\)"
+        with pytest.raises(UsageError, match=refused), locks.hold(folder, "train"):
+            pass
     assert not folder.exists()  # nothing was written: no trace left
