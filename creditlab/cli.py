@@ -451,6 +451,8 @@ def cmd_rules(args) -> int:
     for name, cls in sorted(RULES.items()):
         print(f"{name:10s} {cls.summary}")
         print(f"{'':10s}   recommended: {describe_settings(cls.recommended)}")
+        for family, extra in cls.recommended_for.items():
+            print(f"{'':10s}   recommended on {family} networks: {describe_settings(extra)}")
         for key, opt in cls.options.items():
             print(f"{'':10s}   {name}.{key}={opt.default!r} ({opt.type.__name__}) {opt.help}")
         if cls.search_space:

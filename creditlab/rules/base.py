@@ -40,6 +40,10 @@ class Rule:
     # Training settings this rule learns well with (optimizer, lr, momentum, weight_decay,
     # schedule; see creditlab/training/settings.py); they apply wherever the user sets none.
     recommended: ClassVar[dict[str, Any]] = {}
+    # The same, per model family ("dense", "skip", "conv", "capsule"; training/settings.py
+    # family()), over `recommended`: a rule whose MLP settings fail on convolutions says here
+    # what works there (found by `creditlab tune`, docs/results/defaults.md).
+    recommended_for: ClassVar[dict[str, dict[str, Any]]] = {}
     options: ClassVar[dict[str, Option]] = {}
     # What a tune searches: name -> (low, high, "log" | "linear") or [choices], over the
     # options and the training settings (see rules/machinery/space.py).
