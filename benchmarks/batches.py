@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import torch
 
-from creditlab.data.augment import image_shape_of, parse_augment, shift
+from creditlab.data.augment import augment, image_shape_of, parse_augment
 from creditlab.training.trainer import epoch_permutation, shift_generator
 
 
@@ -14,12 +14,12 @@ def epoch_batches(data, config, epoch: int, device) -> Iterator[tuple[torch.Tens
     """(inputs, labels) of every training batch of `epoch`, as Trainer.train_epoch draws them."""
     order = epoch_permutation(config.seed, epoch, data.train_x.shape[0], device)
     xs, ys = data.train_x[order], data.train_y[order]
-    max_shift = parse_augment(config.augment)
-    if max_shift:
+    augments = parse_augment(config.augment)
+    if augments:
         shifts = shift_generator(config.seed, epoch, device)
         image = image_shape_of(data.image_shape, data.input_size)
     for a in range(0, xs.shape[0], config.batch_size):
         xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
-        if max_shift:
-            xb = shift(xb, image, max_shift, shifts)
+        if augments:
+            xb = augment(xb, image, augments, shifts)
         yield xb, yb

@@ -1,4 +1,4 @@
-"""The command line: `creditlab train`, `compare`, `tune`, `gradcheck` and `rules`."""
+"""The command line: `creditlab train`, `compare`, `tune`, `gradcheck`, `explain` and `rules`."""
 
 from __future__ import annotations
 
@@ -44,7 +44,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
     d = TrainConfig()
     p.add_argument(
-        "--dataset", default=d.dataset, help="mnist, digits or idx:PATH (default %(default)s)"
+        "--dataset",
+        default=d.dataset,
+        help="mnist, digits, idx:PATH, cifar10, cifar100 or cifar100:coarse (default %(default)s)",
     )
     p.add_argument("--data-dir", default=None, help="folder holding the dataset's files")
     p.add_argument(
@@ -74,7 +76,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dropout", type=float, default=d.dropout, help="dropout on hidden groups")
     p.add_argument(
-        "--augment", default=None, help="training batches: shift:K, random shifts of up to K pixels"
+        "--augment",
+        default=None,
+        help="training batches: shift:K (random shifts of up to K pixels), crop:P (random crops "
+        "of the image padded by P), flip (random mirror images), or several, e.g. crop:4,flip",
     )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -99,6 +104,11 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=d.step_epochs,
         help="step schedule: epochs between decays",
+    )
+    p.add_argument(
+        "--milestones",
+        default=None,
+        help="step schedule: decay at these epochs instead, e.g. 100,150,200 (as MultiStepLR)",
     )
     p.add_argument("--gamma", type=float, default=d.gamma, help="step schedule: decay factor")
     p.add_argument("--min-lr", type=float, default=d.min_lr, help="cosine schedule: final rate")
@@ -171,6 +181,7 @@ def config_from_args(args, rule_name: str, rule_opts: dict):
         schedule=args.schedule,
         warmup_epochs=args.warmup_epochs,
         step_epochs=args.step_epochs,
+        milestones=args.milestones,
         gamma=args.gamma,
         min_lr=args.min_lr,
         epochs=args.epochs,
@@ -462,7 +473,26 @@ def cmd_rules(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from creditlab.explain import explain
+
+    opts = _rule_opts(args.rule_opt, args.rule) if args.rule else {}
+    if args.rule_opt and not args.rule:
+        raise UsageError("--rule-opt needs --rule (the options are the rule's)")
+    out = None if args.no_picture else args.out
+    result = explain(seed=args.seed, rule=args.rule, rule_opts=opts, out=out, force=args.force)
+    print(result.text(), end="")
+    if result.picture is not None:
+        print(f"wrote {result.picture}")
+    if not result.ok:
+        print("creditlab: a check above does not match (see DOES NOT MATCH)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from creditlab.rules import DEFAULT_COMPARE_RULES, DEFAULT_RULE, DEFAULT_TUNE_RULES
+
     parser = Parser(
         prog="creditlab", description="Train networks by backpropagation and its challengers."
     )
@@ -470,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one network with one rule")
     add_training_options(p)
-    p.add_argument("--rule", default="bp", help="learning rule (see `creditlab rules`)")
+    p.add_argument("--rule", default=DEFAULT_RULE, help="learning rule (see `creditlab rules`)")
     p.add_argument(
         "--rule-opt",
         action="append",
@@ -499,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(p)
     p.add_argument(
         "--rules",
-        default="bp,fa,dfa,dni",
+        default=",".join(DEFAULT_COMPARE_RULES),
         help="comma-separated learning rules (default %(default)s)",
     )
     p.add_argument(
@@ -544,7 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_training_options(p)
     p.set_defaults(optimizer="adam", lr=1e-3)  # as compare; the search draws lr and the rest
-    p.add_argument("--rules", default="bp,fa", help="comma-separated rules (default %(default)s)")
+    p.add_argument(
+        "--rules",
+        default=",".join(DEFAULT_TUNE_RULES),
+        help="comma-separated rules (default %(default)s)",
+    )
     p.add_argument("--trials", type=int, default=20, help="trials per rule (default %(default)s)")
     p.add_argument(
         "--grace-epochs",
@@ -600,6 +634,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder holding the dataset's files (default: the one the run recorded)",
     )
     p.set_defaults(func=cmd_capsules)
+
+    p = sub.add_parser(
+        "explain",
+        help="the derivation of backpropagation, executed on a tiny network, number by number",
+    )
+    p.add_argument("--seed", type=int, default=0, help="draws the weights and examples (default 0)")
+    from creditlab.rules import RULES
+
+    p.add_argument(
+        "--rule",
+        default=None,
+        help="also show where this rule departs from backpropagation: " + ", ".join(sorted(RULES)),
+    )
+    p.add_argument(
+        "--rule-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of --rule, e.g. fa.scale=1.0 (repeatable)",
+    )
+    p.add_argument(
+        "--out",
+        default="explain.svg",
+        help="the picture of the deltas flowing backwards: .svg, .png or .pdf (default "
+        "%(default)s)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument("--no-picture", action="store_true", help="print only; write no picture")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("rules", help="list the learning rules and their options")
     p.set_defaults(func=cmd_rules)

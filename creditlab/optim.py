@@ -18,7 +18,7 @@ Why not torch.optim's fused/foreach/capturable optimisers fed through `.grad`: t
 second implementation of the same formulas beside this one, which eager runs and checkpoints
 use; inside the compiled step inductor fuses this code's elementwise work into a few kernels
 with the rule's last ones, where torch.optim's own multi-tensor kernels would sit outside the
-fusion. On the CPU (benchmarks/step_time.py, README "Compiled steps") the compiled step with
+fusion. On the CPU (benchmarks/step_time.py, docs/speed-and-gpu.md) the compiled step with
 this optimiser inside was as fast as the compiled updates followed by this optimiser or by
 torch.optim's fused SGD, and faster than torch.optim's foreach SGD; on a GPU what counts is
 that the whole step is then one CUDA graph.
@@ -195,6 +195,9 @@ class Schedule:
     gamma: float = 0.1
     min_lr: float = 0.0  # "cosine": the rate reached at the last step
     warmup_epochs: float = 0.0  # linear warm-up from 0, for any kind
+    # "step": multiply by gamma as each of these epochs begins (counted from 0, as torch's
+    # MultiStepLR stepped once per epoch), instead of every step_epochs; () for none.
+    milestones: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.kind not in SCHEDULES:
@@ -209,6 +212,9 @@ class Schedule:
             return self.lr * (t + 1) / warmup
         if self.kind == "constant":
             return self.lr
+        if self.kind == "step" and self.milestones:
+            epoch = t // self.steps_per_epoch  # 0 for the first epoch
+            return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
         if self.kind == "step":
             return self.lr * self.gamma ** (t // (self.step_epochs * self.steps_per_epoch))
         progress = (t - warmup) / max(1.0, self.total_steps - warmup)
@@ -216,3 +222,18 @@ class Schedule:
 
 
 SCHEDULES = ("constant", "step", "cosine")
+
+
+def parse_milestones(text: str | None) -> tuple[int, ...]:
+    """The epochs of "100,150,200" (increasing positive integers); () for None or ""."""
+    if not text:
+        return ()
+    parts = [part.strip() for part in str(text).split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise UsageError(
+            f"milestones must be epochs joined by commas, e.g. 100,150,200; got {text!r}"
+        )
+    epochs = tuple(int(part) for part in parts)
+    if epochs[0] < 1 or epochs != tuple(sorted(set(epochs))):
+        raise UsageError(f"milestones must be increasing positive epochs, got {text!r}")
+    return epochs

@@ -122,7 +122,7 @@ def test_dfa_refuses_matrices_that_do_not_fit(monkeypatch):
         cl.rule("dfa").check(small_conv_net())
 
 
-@pytest.mark.parametrize("name", ["dtp", "pc", "ff", "es", "hillclimb"])
+@pytest.mark.parametrize("name", ["dtp", "pc", "ff"])
 def test_dense_only_rules_refuse_naming_group_and_kind(name):
     with pytest.raises(
         UsageError, match=rf"rule '{name}' trains dense groups only; group 'h1' is conv"

@@ -76,7 +76,7 @@ def test_compare_gives_each_rule_its_settings_unless_set_for_all(tmp_path):
 
 
 # The targets on digits, with no option but the rule: mlp:64, 20 epochs, seed 0.
-# Measured (test accuracy): see the README's table "Every rule with its recommended settings".
+# Measured (test accuracy): see docs/results.md, "Every rule with nothing but --rule".
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_every_rule_learns_digits_with_its_recommended_settings(digits, name):
     config = TrainConfig(rule=name, model="mlp:64", epochs=20, probe_every=0, device="cpu")

@@ -4,8 +4,11 @@ The oracles are central finite differences of the loss in float64 and torch.auto
 an independent reference forward pass written with torch.nn.functional (so a wrong f, f', E or
 dE/ds in creditlab cannot hide behind itself). The networks are random dense DAGs, random
 convolutional graphs (convolutions with random kernels, strides and padding, max and average
-pooling, merges), random upsampling graphs (image-shaped dense groups and transposed
-convolutions with random strides, padding and output padding) and random capsule networks
+pooling, merges), random residual graphs (convolutions and dense groups without bias, 2-D and
+1-D batch normalisation with batch statistics, residual additions with identity or projection
+shortcuts, global average pooling), random upsampling graphs (image-shaped dense groups and
+transposed convolutions with random strides, padding and output padding) and random capsule
+networks
 (primary capsules, routed capsules in both routing modes, a mask and a decoder, with a margin
 and a weighted reconstruction output). This module is a checking tool: the engine and the
 rules never use autograd.
@@ -24,7 +27,7 @@ from creditlab.engine.activations import ACTIVATIONS, LEAKY_SLOPE, leaky_slope
 from creditlab.engine.losses import LOSSES
 from creditlab.engine.network import Network, bias_name, weight_name
 from creditlab.errors import UsageError
-from creditlab.rules import rule
+from creditlab.rules import GRADIENT_RULE, rule
 
 Tensor = torch.Tensor
 MAX_SEED = 2**32 - 1000  # seeds are mixed as seed * 1000 + trial into a 64-bit generator seed
@@ -109,8 +112,21 @@ def random_batch(net: Network, n: int, seed: int) -> tuple[Tensor, Tensor]:
     return x, y
 
 
+def training_loss(net: Network, x: Tensor, y: Tensor) -> float:
+    """The loss of a training pass (batch norm with the batch's statistics), as bp's updates
+    see it, leaving the running statistics as they were. Without batch norm (and dropout,
+    which random networks here do not use) it is net.loss."""
+    if not net.buffers:
+        return net.loss(x, y)
+    saved = {k: v.clone() for k, v in net.buffers.items()}
+    loss = float(net.total_loss(net.forward(x, train=True, labels=y), y))
+    for k, v in saved.items():
+        net.buffers[k].copy_(v)
+    return loss
+
+
 def finite_differences(net: Network, x: Tensor, y: Tensor, eps: float = 1e-6) -> dict[str, Tensor]:
-    """dE/dparam by central differences, one element at a time."""
+    """dE/dparam by central differences, one element at a time (of a training pass's loss)."""
     grads = {}
     for name, p in net.parameters().items():
         grad = torch.zeros_like(p)
@@ -118,9 +134,9 @@ def finite_differences(net: Network, x: Tensor, y: Tensor, eps: float = 1e-6) ->
         for k in range(flat.numel()):
             old = float(flat[k])
             flat[k] = old + eps
-            up = net.loss(x, y)
+            up = training_loss(net, x, y)
             flat[k] = old - eps
-            down = net.loss(x, y)
+            down = training_loss(net, x, y)
             flat[k] = old
             gflat[k] = (up - down) / (2 * eps)
         grads[name] = grad
@@ -147,7 +163,10 @@ def reference_forward(net: Network, params: dict[str, Tensor], x: Tensor, y=None
     for j in net.order[1:]:
         group = net.groups[j]
         if group.kind == "dense":
-            s = params[bias_name(j)] + sum(z[i] @ params[weight_name(i, j)] for i in group.ins)
+            s = sum(z[i] @ params[weight_name(i, j)] for i in group.ins)
+            s = s + params[bias_name(j)] if bias_name(j) in params else s
+        elif group.kind == "add":
+            s = sum(z[i] for i in group.ins)
         else:
             s = _reference_kind(net, group, params, z, y).reshape(x.shape[0], -1)
         if group.act.name == "squash":
@@ -163,7 +182,7 @@ def input_signal_errors(net: Network, x: Tensor, seed: int = 0) -> tuple[float, 
     r = torch.randn(
         x.shape[0], net.output_size, generator=torch.Generator().manual_seed(seed), dtype=x.dtype
     )
-    ours = rule("bp").input_signal(net, x, r)
+    ours = rule(GRADIENT_RULE).input_signal(net, x, r)
     xa = x.detach().clone().requires_grad_(True)
     z_o = reference_forward(net, net.parameters(), xa)[net.output_name]
     (auto,) = torch.autograd.grad((r * z_o).sum(), xa)
@@ -184,7 +203,8 @@ def _reference_kind(net: Network, group, params, z, y) -> Tensor:
     j, o = group.name, group.options
     u = z[i].view(-1, *net.groups[i].shape)
     if group.kind in ("conv", "primary_capsules"):
-        s = F.conv2d(u, params[weight_name(i, j)], params[bias_name(j)], o["stride"], o["padding"])
+        bias = params.get(bias_name(j))  # None for a convolution without bias
+        s = F.conv2d(u, params[weight_name(i, j)], bias, o["stride"], o["padding"])
         if group.kind == "conv":
             return s
         n, _, h, w = s.shape
@@ -201,6 +221,12 @@ def _reference_kind(net: Network, group, params, z, y) -> Tensor:
     if group.kind == "pool":
         pool = F.max_pool2d if o["mode"] == "max" else F.avg_pool2d
         return pool(u, o["kernel"], o["stride"])
+    if group.kind == "batch_norm":  # batch statistics, as in a training pass
+        u = u if o["spatial"] else z[i]
+        gamma, beta = params[weight_name(i, j)], params[bias_name(j)]
+        return F.batch_norm(u, None, None, gamma, beta, training=True, eps=o["eps"])
+    if group.kind == "global_pool":
+        return F.adaptive_avg_pool2d(u, 1)
     if group.kind == "mask":
         keep = F.one_hot(y, u.shape[1]).to(u.dtype)  # the label's capsule, as while training
         return u * keep.unsqueeze(2)
@@ -267,7 +293,7 @@ def exact_gradient(net: Network) -> bool:
 
 
 def check_network(net: Network, x: Tensor, y: Tensor, case: str) -> CheckResult:
-    ours = rule("bp").updates(net, x, y)
+    ours = rule(GRADIENT_RULE).updates(net, x, y)
     fd = finite_differences(net, x, y) if exact_gradient(net) else None
     ag = autograd_gradients(net, x, y)
     errors = {
@@ -307,6 +333,50 @@ def random_conv_net(seed: int, loss: str = "cross_entropy") -> Network:
     out = net.dense(ins, rng.randint(2, 4), activation="identity", name="out")
     net.output(out, loss=loss)
     _random_biases(net, seed)
+    return net
+
+
+def random_residual_net(seed: int, loss: str = "cross_entropy") -> Network:
+    """A small random residual graph: an image input, a convolution without bias and 2-D batch
+    norm, one or two residual blocks (conv-bn-act-conv-bn, the shortcut the identity or, where
+    the stride or channels change, a 1x1 convolution with batch norm), added and activated;
+    then global average or max pooling, a dense group without bias, 1-D batch norm and a dense
+    output. Random activations, strides, channels, momenta and eps; gamma and beta drawn away
+    from 1 and 0 so that both matter."""
+    rng = random.Random(seed)
+    net = Network(dtype=torch.float64, seed=seed)
+    acts = ["relu", "tanh", "elu", "gelu", "softplus", "leaky_relu:0.2", "sigmoid"]
+    side = rng.randint(5, 7)
+    x = net.input((rng.randint(1, 2), side, side))
+
+    def conv_bn(src, channels, kernel, stride, act):
+        c = net.conv(
+            src, channels, kernel, stride, padding=kernel // 2, activation="identity", bias=False
+        )
+        momentum = rng.choice([0.1, 0.3, None])
+        return net.batch_norm(c, momentum=momentum, eps=rng.choice([1e-5, 1e-3]), activation=act)
+
+    h = conv_bn(x, rng.randint(2, 3), 3, 1, rng.choice(acts))
+    for _ in range(rng.randint(1, 2)):
+        stride = rng.choice([1, 1, 2]) if min(h.shape[1:]) >= 4 else 1
+        channels = h.shape[0] if rng.random() < 0.5 else rng.randint(2, 4)
+        branch = conv_bn(h, channels, 3, stride, rng.choice(acts))
+        branch = conv_bn(branch, channels, 3, 1, "identity")
+        if stride == 1 and channels == h.shape[0]:
+            shortcut = h
+        else:
+            shortcut = conv_bn(h, channels, 1, stride, "identity")
+        h = net.add([branch, shortcut], activation=rng.choice(acts))
+    h = net.global_pool(h) if rng.random() < 0.6 else net.pool(h, 2, kind="max")
+    d = net.dense(h, rng.randint(3, 5), activation="identity", bias=False)
+    d = net.batch_norm(d, momentum=0.1, activation=rng.choice(acts))
+    out = net.dense(d, rng.randint(2, 4), activation="identity", name="out")
+    net.output(out, loss=loss)
+    _random_biases(net, seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    for (_, j), W in net.W.items():
+        if net.groups[j].kind == "batch_norm":
+            W.copy_(1.0 + 0.5 * torch.randn(W.shape, generator=g, dtype=W.dtype))
     return net
 
 
@@ -378,7 +448,8 @@ def _random_biases(net: Network, seed: int) -> None:
 
 def run(trials: int = 6, seed: int = 0, batch: int = 5) -> list[CheckResult]:
     """Random DAGs covering every activation (hidden and output) and every loss; random
-    convolutional and upsampling graphs; random capsule networks in both routing modes."""
+    convolutional, residual (batch norm) and upsampling graphs; random capsule networks in both
+    routing modes."""
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise UsageError(f"trials must be a positive integer, got {trials!r}")
     if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
@@ -404,6 +475,10 @@ def _run(trials: int, seed: int, batch: int) -> list[CheckResult]:
         net = random_conv_net(seed * 1000 + t, loss=list(LOSSES)[t % len(LOSSES)])
         x, y = random_batch(net, batch, seed * 1000 + t)
         results.append(check_network(net, x, y, f"trial {t} conv"))
+    for t in range(trials):
+        net = random_residual_net(seed * 1000 + t, loss=list(LOSSES)[t % len(LOSSES)])
+        x, y = random_batch(net, batch, seed * 1000 + t)
+        results.append(check_network(net, x, y, f"trial {t} residual+batch_norm"))
     for t in range(trials):
         net = random_deconv_net(seed * 1000 + t, loss=list(LOSSES)[t % len(LOSSES)])
         x, y = random_batch(net, batch, seed * 1000 + t)

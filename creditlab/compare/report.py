@@ -349,7 +349,11 @@ PLOTS: list[tuple[str, str, str, Callable[[dict[str, Any]], bytes | None]]] = [
         "feedback_alignment.png",
         "W^T vs. feedback matrices",
         "For rules that send errors back along their own matrices: the angle between each W^T "
-        "and the matrix used in its place (mean over seeds).",
+        "and the matrix used in its place (mean over seeds). Where that matrix is fixed and "
+        "random (fa, dfa), two large random matrices are nearly orthogonal, so this angle starts "
+        "near 90° and moves little even while the rule learns: the forward weights change by a "
+        "small fraction of their size. What aligns is the update: see the angle between the "
+        "rule's update and backprop's gradient in the plot above.",
         lambda r: angle_plot(
             r, "feedback_angle", "Angle between W^T and the feedback matrix", "angle (°)"
         ),
@@ -410,6 +414,23 @@ def _option_rows(record: dict[str, Any]) -> Table:
 SOURCES = {"user": "command line", "rule": "rule's recommendation", "default": "default"}
 
 
+def _used_value(settings: dict[str, Any], key: str, value: Any) -> str:
+    """A config field as the runs used it: a field left unset (None) took each rule's
+    recommendation or the default, which the record keeps per rule; show those values."""
+    if value is not None:
+        return repr(value)
+    used = {
+        name: fields[key][0]
+        for name, fields in settings.get("rule_settings", {}).items()
+        if key in fields
+    }
+    if not used:
+        return repr(value)
+    if len(set(map(repr, used.values()))) == 1:
+        return f"{next(iter(used.values()))!r} (every rule)"
+    return ", ".join(f"{name}: {v!r}" for name, v in used.items())
+
+
 def _per_rule(value: Any) -> str:
     """A compare setting; unset ones were each rule's recommendation."""
     return "per rule (see Rule options)" if value is None else str(value)
@@ -468,7 +489,7 @@ def html_page(record: dict[str, Any], plot_list: list[Plot]) -> str:
     if options.rows:
         out += [f"<h3>{e(options.title)}</h3>", html_table(options)]
     config = Table("Training configuration", ["field", "value"], [])
-    config.rows = [[k, repr(v)] for k, v in s["config"].items()]
+    config.rows = [[k, _used_value(s, k, v)] for k, v in s["config"].items()]
     out += [f"<h3>{e(config.title)}</h3>", html_table(config), "</body></html>"]
     return "\n".join(out) + "\n"
 

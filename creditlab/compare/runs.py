@@ -34,7 +34,7 @@ from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
 from creditlab.engine.network import resolve_dtype
 from creditlab.errors import TrainingError, UsageError
-from creditlab.rules import rule, rule_class
+from creditlab.rules import DEFAULT_COMPARE_RULES, rule, rule_class
 from creditlab.speed.stacked_runs import StackedTrainer, members_that_fit
 from creditlab.speed.vmap_stack import StackError
 from creditlab.training import checkpoint, folders, locks, settings
@@ -46,7 +46,7 @@ from creditlab.training.trainer import (
     targets_for,
 )
 
-DEFAULT_RULES = ("bp", "fa", "dfa", "dni")
+DEFAULT_RULES = DEFAULT_COMPARE_RULES  # (rules/__init__.py)
 KIND = "creditlab-compare"  # marks a folder's results.json as a compare's
 
 
@@ -442,15 +442,18 @@ def _run_on_pool(
     kept in the compare's order (seed by seed, rule by rule)."""
     done: dict[int, dict[str, Any]] = {}
     shared = None
+    # The counter counts runs as they are done (kept ones first, then as workers finish), so
+    # it rises in order whatever order the workers finish in; a worker's own lines name the
+    # run without a number.
     for k, (name, seed, config) in enumerate(runs):
-        where = f"[{k + 1}/{len(runs)}] {name} seed {seed}"
+        where = f"{name} seed {seed}"
         folder = run_dir(out_dir, name, seed)
         if run_state(folder, config)[0] == "done":  # kept; no need to start a worker for it
             done[k] = {
                 "dir": folder.relative_to(out_dir).as_posix(),
                 **_read_json(folder / "results.json"),
             }
-            log(f"{where}: {done[k]['status']} earlier, kept")
+            log(f"[{len(done)}/{len(runs)}] {where}: {done[k]['status']} earlier, kept")
             continue
         shared = pool.share(data) if shared is None else shared
         pool.submit(k, _run, config, folder, shared, memory, force, False, print, where)

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from creditlab.data import digits, idx, mnist
+from creditlab.data import cifar, digits, idx, mnist
 from creditlab.errors import UnknownNameError, UsageError
 
-DATASETS = ("mnist", "digits", "idx:PATH")
+DATASETS = ("mnist", "digits", "idx:PATH", "cifar10", "cifar100", "cifar100:coarse")
 
 MNIST_VAL_SIZE = 10_000
 
@@ -36,7 +36,9 @@ class Dataset:
     test_x: torch.Tensor
     test_y: torch.Tensor
     n_classes: int
-    image_shape: tuple[int, ...]  # e.g. (28, 28) or (8, 8), for showing inputs as pictures
+    image_shape: tuple[int, ...]  # e.g. (28, 28), (8, 8) or (3, 32, 32) for CIFAR
+    # Per-channel {"mean": ..., "std": ...} the inputs were normalised by (CIFAR), else None.
+    normalisation: dict | None = None
 
     @property
     def input_size(self) -> int:
@@ -102,6 +104,9 @@ def load_dataset(
       downloaded (with a progress bar if `progress`) and checked by SHA-256; see
       creditlab.data.mnist. 50,000 train / 10,000 val / 10,000 test by default.
     - "digits": scikit-learn's 8x8 digits with a fixed split, 1,257 / 180 / 360 by default.
+    - "cifar10", "cifar100" (fine labels), "cifar100:coarse": the official binary tarballs,
+      found, verified and cached as creditlab.data.cifar says; per-channel normalisation by
+      the training split's statistics; 45,000 / 5,000 / 10,000 by default.
     - "idx:PATH": a folder with the four MNIST file names (raw or .gz), e.g. Fashion-MNIST,
       KMNIST or EMNIST. Validation defaults to 10,000 examples if there are more than 20,000
       training examples, else a sixth of them. `data_dir` is not used.
@@ -116,6 +121,23 @@ def load_dataset(
         train_x, train_y, test_x, test_y = digits.load_digits_arrays()
         val = digits.VAL_SIZE if val_size is None else val_size
         return _split("digits", train_x, train_y, test_x, test_y, val, 10, (8, 8))
+    if cifar.parse_spec(spec) is not None:
+        train_x, train_y, test_x, test_y, n_classes = cifar.load_cifar_arrays(
+            spec, data_dir, progress
+        )
+        val = cifar.VAL_SIZE if val_size is None else val_size
+        data = _split(
+            spec.lower(),
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            val,
+            n_classes,
+            cifar.IMAGE_SHAPE,
+            val_size is None,
+        )
+        return cifar.normalise(data)
     if spec.startswith("idx:"):
         folder = spec.removeprefix("idx:")
         if not folder:

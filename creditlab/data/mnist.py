@@ -19,8 +19,6 @@ import zlib
 from http.client import HTTPException
 from pathlib import Path
 
-from tqdm import tqdm
-
 from creditlab.data.idx import (
     FILE_NAMES,
     IdxFiles,
@@ -30,6 +28,7 @@ from creditlab.data.idx import (
     read_idx_bytes,
 )
 from creditlab.errors import DataError
+from creditlab.progress import bar as progress_bar
 
 # SHA-256 and size of each file's decoded (gunzipped) contents.
 CHECKSUMS = {
@@ -112,7 +111,7 @@ def _download_once(url: str, dest: Path, name: str, progress: bool) -> bytes:
             urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp,
         ):
             total = resp.headers.get("Content-Length")
-            with tqdm(
+            with progress_bar(
                 total=int(total) if total else None,
                 unit="B",
                 unit_scale=True,

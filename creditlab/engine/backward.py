@@ -130,7 +130,7 @@ def incoming_signal(
         if k not in deltas:
             continue
         kind = net.kind(k)
-        F = feedback(j, k) if kind.weighted else None
+        F = feedback(j, k) if kind.weighted and not kind.exact else None
         incoming = kind.signal(net, trace, j, net.groups[k], deltas[k], F, out=incoming)
     return incoming
 
@@ -153,13 +153,13 @@ def weight_updates(
                 continue
             for i in ins:
                 updates[weight_name(i, j)] = torch.zeros_like(net.W[(i, j)])
-            if kind.biased:
+            if kind.has_bias(group):
                 updates[bias_name(j)] = torch.zeros_like(net.b[j])
             continue
         delta = deltas[j]
         for i in ins:
             updates[weight_name(i, j)] = kind.weight_grad(net, trace, i, group, delta)
-        if kind.biased:
+        if kind.has_bias(group):
             updates[bias_name(j)] = kind.bias_grad(group, delta)
     return updates
 

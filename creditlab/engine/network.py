@@ -84,6 +84,9 @@ class Trace:
     # kinds keep from their forward pass for their backward one (pooling winners, routing).
     labels: Tensor | None = None
     cache: dict = field(default_factory=dict)
+    # A training pass: dropout, and batch norm with the batch's statistics (which also moves
+    # the running statistics); evaluation uses the running statistics.
+    train: bool = False
 
     def sent(self, i: str) -> Tensor:
         """The activity group i's readers received: emitted[i] if recorded, else z_i."""
@@ -128,6 +131,8 @@ class Network:
         self.groups: dict[str, Group] = {}
         self.W: dict[tuple[str, str], Tensor] = {}
         self.b: dict[str, Tensor] = {}
+        # State that is not trained: batch norm's running statistics, by name.
+        self.buffers: dict[str, Tensor] = {}
         self.input_name: str | None = None
         self.output_name: str | None = None  # the first output, the network's prediction
         self.loss_fn: Loss | None = None  # its loss
@@ -156,8 +161,10 @@ class Network:
         init: str | None = None,
         name: str | None = None,
         dropout: float = 0.0,
+        bias: bool = True,
     ) -> Group:
-        """Add a group reading `ins` (one group or several) with fresh weights and zero bias.
+        """Add a group reading `ins` (one group or several) with fresh weights and zero bias
+        (no bias with bias=False).
 
         `size` is a number of units, or an image shape (C, H, W) that convolutions can read
         (a generator's latent -> dense (128, 7, 7) -> transposed convolutions); the units are
@@ -174,6 +181,8 @@ class Network:
         shape = _group_shape(size, name)
         group = Group(name, math.prod(shape), act, in_names, _init(init, name), dropout)
         group.shape = shape
+        if not _flag(bias, "bias", name):
+            group.options["bias"] = False
         self._add(group)
         self._initialise(group)
         return group
@@ -189,9 +198,13 @@ class Network:
         init: str | None = None,
         name: str | None = None,
         dropout: float = 0.0,
+        bias: bool = True,
     ) -> Group:
-        """A 2-D convolution of an image group: `channels` kernels of kernel x kernel."""
+        """A 2-D convolution of an image group: `channels` kernels of kernel x kernel (one
+        bias per channel, none with bias=False)."""
         opts = {"channels": channels, "kernel": kernel, "stride": stride, "padding": padding}
+        if not _flag(bias, "bias", name or "conv"):
+            opts["bias"] = False
         return self._add_kind("conv", ins, opts, activation, init, name, dropout)
 
     def conv_transpose(
@@ -267,6 +280,43 @@ class Network:
         opts = {"n": n, "dim": dim, "routing": routing, "routing_gradient": routing_gradient}
         return self._add_kind("capsules", ins, opts, "squash", init, name, 0.0)
 
+    def batch_norm(
+        self,
+        ins: Group | str,
+        momentum: float | None = 0.1,
+        eps: float = 1e-5,
+        spatial: bool | None = None,
+        activation: str = "identity",
+        name: str | None = None,
+        dropout: float = 0.0,
+    ) -> Group:
+        """Batch normalisation of the group `ins` (see kinds/batch_norm.py), as torch's: per
+        channel of an image (BatchNorm2d) or per unit of a vector (BatchNorm1d); `spatial`
+        chooses, by default from the shape of `ins`. momentum=None is a cumulative average."""
+        if spatial is None:
+            spatial = (
+                len(self.groups[self._name_of(_as_list(ins)[0], name or "batch_norm")].shape) == 3
+            )
+        opts = {"momentum": momentum, "eps": eps, "spatial": spatial}
+        return self._add_kind("batch_norm", ins, opts, activation, None, name, dropout)
+
+    def add(
+        self,
+        ins: Group | str | Sequence[Group | str],
+        activation: str = "identity",
+        name: str | None = None,
+        dropout: float = 0.0,
+    ) -> Group:
+        """The sum of groups of the same shape through identity connections, no weights (a
+        residual block's output: net.add([branch, shortcut], activation="relu")). With one
+        group it is an identity connection that gives an activation a group of its own."""
+        return self._add_kind("add", ins, {}, activation, None, name, dropout)
+
+    def global_pool(self, ins: Group | str, name: str | None = None) -> Group:
+        """The mean of each channel of an image over its positions: (C, H, W) -> (C, 1, 1),
+        as torch.nn.AdaptiveAvgPool2d(1)."""
+        return self._add_kind("global_pool", ins, {}, "identity", None, name, 0.0)
+
     def mask(self, ins: Group | str, name: str | None = None) -> Group:
         """Keeps the label's capsule while training, the longest in evaluation; zeroes the rest."""
         return self._add_kind("mask", ins, {}, "identity", None, name, 0.0)
@@ -285,11 +335,26 @@ class Network:
         act = lookup_activation(activation)
         init = _init(init or act.init, name)
         in_names = [self._name_of(g, name) for g in _as_list(ins)]
-        if len(in_names) != 1:
+        if not KINDS[kind].many_inputs and len(in_names) != 1:
             raise GraphError(f"group {name!r} ({kind}) reads exactly one group, got {in_names}")
+        if not in_names:
+            raise GraphError(f"group {name!r} reads no group")
+        if len(set(in_names)) != len(in_names):
+            raise GraphError(f"group {name!r} reads the same group twice: {in_names}")
         for key, value in options.items():
             if key in ("padding", "output_padding"):
                 _count(value, key, name, 0)
+            elif key in ("bias", "spatial"):
+                _flag(value, key, name)
+            elif key == "momentum":
+                if value is not None and not _in_unit(value):
+                    raise UsageError(
+                        f"momentum of group {name!r} must be a number in [0, 1] or None, "
+                        f"got {value!r}"
+                    )
+            elif key == "eps":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    raise UsageError(f"eps of group {name!r} must be a number > 0, got {value!r}")
             elif key not in ("mode", "routing_gradient"):
                 _count(value, key, name, 1)
         group = Group(name, 1, act, in_names, init, _dropout(dropout, name), kind, (1,), options)
@@ -375,9 +440,10 @@ class Network:
         name, so its initial weights do not depend on the order the groups were built in.
         """
         kind = KINDS[group.kind]
-        if kind.biased:
+        if kind.has_bias(group):
             shape = kind.bias_shape(group)
             self.b[group.name] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.buffers.update(kind.initial_buffers(self, group))
         if not kind.weighted:
             return
         rng = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(group.name.encode()))
@@ -385,6 +451,10 @@ class Network:
         fan_in, fan_out = kind.fans(self, group)
         for i in group.ins:
             shape = kind.weight_shape(self, i, group)
+            fixed = kind.initial_weight(self, i, group, shape)
+            if fixed is not None:
+                self.W[(i, j)] = fixed
+                continue
             if group.init == "glorot":
                 bound = math.sqrt(6.0 / (fan_in + fan_out))
                 w = (torch.rand(shape, generator=rng, dtype=torch.float64) * 2 - 1) * bound
@@ -493,7 +563,7 @@ class Network:
             kind = self.kind(j)
             for i in self.groups[j].ins if kind.weighted else ():
                 slots[weight_name(i, j)] = (self.W, (i, j))
-            if kind.biased:
+            if kind.has_bias(self.groups[j]):
                 slots[bias_name(j)] = (self.b, j)
         return slots
 
@@ -501,9 +571,14 @@ class Network:
         """Every parameter by name, as the live tensors: editing one edits the network."""
         return {name: holder[key] for name, (holder, key) in self.parameter_slots().items()}
 
+    def state(self) -> dict[str, Tensor]:
+        """The parameters and the buffers (batch norm's running statistics), live."""
+        return {**self.parameters(), **self.buffers}
+
     def load_parameters(self, values: dict[str, Tensor]) -> None:
-        """Copy values into the parameters, checking names and shapes."""
-        params = self.parameters()
+        """Copy values into the parameters and buffers, checking names and shapes (the
+        buffers of batch norm's running statistics as copy_parameters gives them)."""
+        params = self.state()
         missing, unknown = set(params) - set(values), set(values) - set(params)
         if missing or unknown:
             raise UsageError(
@@ -520,7 +595,9 @@ class Network:
             p.copy_(values[name])
 
     def copy_parameters(self) -> dict[str, Tensor]:
-        return {name: p.clone() for name, p in self.parameters().items()}
+        """A copy of the parameters, and of the buffers (running statistics) where there are
+        any: what a checkpoint or the best epoch keeps."""
+        return {name: p.clone() for name, p in self.state().items()}
 
     def spec(self) -> dict:
         """The architecture as plain data (for configs and checkpoints); see from_spec."""
@@ -535,7 +612,7 @@ class Network:
                 "init": g.init,
                 "dropout": g.dropout,
             }
-            if g.kind != "dense":  # dense groups keep the spec they always had
+            if g.kind != "dense" or g.options:  # dense groups keep their spec (bias aside)
                 entry.update(kind=g.kind, options=dict(g.options))
             if g.kind == "dense" and len(g.shape) > 1:  # an image-shaped input or dense group
                 entry["shape"] = list(g.shape)
@@ -615,7 +692,7 @@ class Network:
             if not ready:
                 raise GraphError(f"the graph has a cycle through group(s): {sorted(done)}")
             for g in ready:
-                if len(g.ins) != 1:
+                if len(g.ins) != 1 and not KINDS[g.kind].many_inputs:
                     raise GraphError(f"group {g.name!r} ({g.kind}) reads exactly one group")
                 g.shape = tuple(KINDS[g.kind].shape(self, g))
                 g.size = math.prod(g.shape)
@@ -642,7 +719,7 @@ class Network:
         x = self._check_input(x)
         s: dict[str, Tensor] = {}
         z: dict[str, Tensor] = {self.input_name: x}
-        trace = Trace(s, z, labels=labels)
+        trace = Trace(s, z, labels=labels, train=train)
         sent = z if emit is None else trace.emitted  # what each group's readers receive
         sent[self.input_name] = x
         for j in order[1:]:
@@ -773,6 +850,16 @@ def _count(value: int, what: str, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise GraphError(f"{what} of group {name!r} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _flag(value: bool, what: str, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{what} of group {name!r} must be True or False, got {value!r}")
+    return value
+
+
+def _in_unit(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1
 
 
 def _dropout(p: float, name: str) -> float:

@@ -330,6 +330,8 @@ def cmd_gan_compare(args) -> int:
 
 def register(sub) -> None:
     """Add the gan, sample and gan-compare subcommands to cli.py's subparsers."""
+    from creditlab.rules import DEFAULT_GAN_PAIRS
+
     p = sub.add_parser("gan", help="train a GAN: generator and discriminator, each by its rule")
     add_gan_options(p)
     p.add_argument("--out", required=True, help="run folder")
@@ -357,7 +359,7 @@ def register(sub) -> None:
     add_gan_options(p, pairs=True)
     p.add_argument(
         "--rules",
-        default="bp/bp,fa/fa,dfa/dfa,usf/usf",
+        default=",".join(DEFAULT_GAN_PAIRS),
         help="generator/discriminator rule pairs (default %(default)s)",
     )
     p.add_argument(

@@ -24,14 +24,12 @@ best checkpoint is the lowest classifier FID.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
@@ -41,8 +39,9 @@ from creditlab.errors import TrainingError, UsageError
 from creditlab.gan import dcgan, pictures, scoring
 from creditlab.gan.losses import gan_loss
 from creditlab.optim import SGD, Optimizer, optimizer
-from creditlab.rules import rule
+from creditlab.rules import DEFAULT_RULE, rule
 from creditlab.training import checkpoint, guards
+from creditlab.training.loop import CHECK_EVERY, EpochLoop, batch_slice
 from creditlab.training.trainer import (
     TrainConfig,
     _to_device,
@@ -71,8 +70,8 @@ class GanConfig:
     latent: int = 100
     loss: str = "nonsaturating"
     k: int = 1  # discriminator steps per generator step
-    rule_g: str = "bp"
-    rule_d: str = "bp"
+    rule_g: str = DEFAULT_RULE
+    rule_d: str = DEFAULT_RULE
     rule_opts_g: dict[str, Any] = field(default_factory=dict)
     rule_opts_d: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "adam"
@@ -380,49 +379,46 @@ class GanTrainer:
         return self.config.lr if value is None else value
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch (training/loop.py runs it with the GAN's step): a discriminator step per
+        batch, a generator step every k."""
         config, n = self.config, self.real.shape[0]
-        self._sync()
-        start = time.perf_counter()
-        real_all = self.real[epoch_permutation(config.seed, epoch, n, self.device)]
         steps = self.steps_per_epoch
+        loop = EpochLoop(f"epoch {epoch}/{config.epochs}", steps, self.device, self.progress)
+        real_all = self.real[epoch_permutation(config.seed, epoch, n, self.device)]
         d_losses = torch.zeros(steps, device=self.device)
         g_losses = torch.full((math.ceil(steps / config.k),), math.nan, device=self.device)
         d_real = torch.zeros(steps, device=self.device)
         d_fake = torch.zeros(steps, device=self.device)
-        bar = tqdm(
-            total=steps,
-            desc=f"epoch {epoch}/{config.epochs}",
-            unit="batch",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        checked, g_step = 0, 0
-        for step in range(steps):
-            real = real_all[step * config.batch_size : (step + 1) * config.batch_size]
+        g_steps = 0
+
+        def step(i: int) -> None:
+            nonlocal g_steps
+            real = real_all[batch_slice(i, config.batch_size)]
             latent = self._draw_latent(real.shape[0])
             g_trace = self.G.forward(latent, train=True)
             fake = g_trace.z[self.G.output_name]
-            d_losses[step], d_real[step], d_fake[step] = self.d_step(real, fake)
-            if (step + 1) % config.k == 0 or step + 1 == steps:
-                g_losses[g_step] = self.g_step(latent, g_trace)
-                g_step += 1
-            if (step + 1) % 25 == 0 or step + 1 == steps:
-                self._check_finite(d_losses[checked : step + 1], g_losses[:g_step], epoch, step)
-                checked = step + 1
-                if self.progress:
-                    bar.set_postfix(
-                        d=f"{float(d_losses[:checked].mean()):.3f}",
-                        g=f"{float(g_losses[:g_step].mean()):.3f}",
-                        refresh=False,
-                    )
-            bar.update(1)
-        self._sync()
-        seconds = time.perf_counter() - start
-        bar.close()
+            d_losses[i], d_real[i], d_fake[i] = self.d_step(real, fake)
+            if (i + 1) % config.k == 0 or i + 1 == steps:
+                g_losses[g_steps] = self.g_step(latent, g_trace)
+                g_steps += 1
+
+        def check(first: int, last: int) -> None:
+            self._check_finite(d_losses[first:last], g_losses[:g_steps], epoch, last - 1)
+
+        def postfix(i: int) -> dict[str, str] | None:
+            if (i + 1) % CHECK_EVERY and i + 1 < steps:
+                return None  # shown when the losses were checked
+            return {
+                "d": f"{float(d_losses[: i + 1].mean()):.3f}",
+                "g": f"{float(g_losses[:g_steps].mean()):.3f}",
+            }
+
+        seconds = loop.run(step, check, postfix=postfix)
+        loop.close()
         return {
             "epoch": epoch,
             "d_loss": float(d_losses.mean()),
-            "g_loss": float(g_losses[:g_step].mean()),
+            "g_loss": float(g_losses[:g_steps].mean()),
             "d_loss_max": float(d_losses.max()),
             "d_real": float(d_real.mean()),
             "d_fake": float(d_fake.mean()),
@@ -475,10 +471,6 @@ class GanTrainer:
         if record["fid"] > self.references["fid_uniform_noise"]:
             found.append("the classifier FID is above uniform noise's: no digits learned")
         return found
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     # ---- results --------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:

@@ -1,9 +1,14 @@
-"""The registry of learning rules: every module in this package defines one rule.
+"""The registry of learning rules: every rule is a module in this package.
 
-Shared machinery that several rules use lives in the subpackage `machinery`.
+Shared machinery that several rules use lives in the subpackage `machinery`; a helper that
+serves one rule sits beside it (e.g. dni_synthesizers.py), a module that defines no rule.
 
 Adding a rule is adding a file here with a Rule subclass that sets `name`; it is found by name
-without touching any other file.
+without touching any other file. What the rule can do (compile, stack, train which kinds, carry
+a GAN's signal) it declares on its class (rules/base.py), and every other module asks it.
+
+No module outside this package names a rule: the defaults below are the one place where the
+rest of creditlab gets a rule's name from.
 """
 
 from __future__ import annotations
@@ -13,11 +18,32 @@ import pkgutil
 from typing import Any
 
 from creditlab.errors import UnknownNameError
-from creditlab.rules.base import Option, Rule
+from creditlab.rules.base import RULES, Option, Rule
 
-__all__ = ["RULES", "Option", "Rule", "rule", "rule_class"]
+__all__ = [
+    "DEFAULT_COMPARE_RULES",
+    "DEFAULT_GAN_PAIRS",
+    "DEFAULT_RULE",
+    "DEFAULT_TUNE_RULES",
+    "GRADIENT_RULE",
+    "RULES",
+    "Option",
+    "Rule",
+    "rule",
+    "rule_class",
+]
 
-RULES: dict[str, type[Rule]] = {}
+# The rule a run trains with when none is named (train, the GAN's two halves).
+DEFAULT_RULE = "bp"
+# The rule whose updates are the exact gradient of the loss: the reference that diagnostics
+# measure other rules' updates against, and that gradcheck checks the engine with.
+GRADIENT_RULE = "bp"
+# What `creditlab compare` compares when no rules are named.
+DEFAULT_COMPARE_RULES = ("bp", "fa", "dfa", "dni")
+# What `creditlab tune` searches when no rules are named.
+DEFAULT_TUNE_RULES = ("bp", "fa")
+# What `creditlab gan-compare` compares when no pairs are named: generator/discriminator rules.
+DEFAULT_GAN_PAIRS = ("bp/bp", "fa/fa", "dfa/dfa", "usf/usf")
 
 
 def _discover() -> None:

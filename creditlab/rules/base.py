@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -19,7 +20,19 @@ from creditlab.engine.backward import local_delta, weight_updates
 from creditlab.engine.network import Network, Trace
 from creditlab.errors import UsageError
 
+if TYPE_CHECKING:
+    from creditlab.rules.machinery.stacking import StackedRule
+
 Tensor = torch.Tensor
+
+# Every rule by name; filled by the package's discovery (rules/__init__.py). It lives here so
+# that messages can list the rules that can do something without naming any by hand.
+RULES: dict[str, type[Rule]] = {}
+
+
+def rules_that(can: Callable[[type[Rule]], bool]) -> str:
+    """ "bp, fa, ..." : the registered rules for which `can(rule class)` holds, for messages."""
+    return ", ".join(name for name, cls in RULES.items() if can(cls)) or "none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +68,14 @@ class Rule:
     # True for rules that work on every kind of group (convolutions, capsules, ...) and on
     # networks with several outputs; the others train dense networks with one output only.
     any_kind: ClassVar[bool] = False
+    # Whether the step may run under torch.compile (--compile, speed/compiled.py): None once a
+    # test has checked that the compiled step gives eager's updates, else why not, as a clause
+    # completing "runs eagerly: ..." (the step then runs eagerly and the loop says so).
+    not_compiled: ClassVar[str | None] = "has not been checked against eager under torch.compile"
+    # Rules whose members may share one vmapped stack although their names or options differ
+    # (speed/vmap_stack.py): a base class every member derives from; None: one rule with one
+    # set of options per stack.
+    stack_family: ClassVar[type | None] = None
 
     def __init__(self, **opts: Any):
         unknown = set(opts) - set(self.options)
@@ -79,7 +100,7 @@ class Rule:
             if kind != "dense":
                 raise UsageError(
                     f"rule {self.name!r} trains dense groups only; group {j!r} is {kind} "
-                    "(rules for every kind: bp, fa, dfa, usf, brsf, frsf, dni, cdni)"
+                    f"(rules for every kind: {rules_that(lambda r: r.any_kind)})"
                 )
         if len(net.outputs) > 1:
             names = ", ".join(o.name for o in net.outputs)
@@ -115,6 +136,12 @@ class Rule:
         """dE/dx, the signal the input group receives from the deltas above it."""
         raise UsageError(self._no_signal_message())
 
+    @classmethod
+    def carries_signals(cls) -> bool:
+        """Whether the rule can carry an error signal from outside its loss (so train either
+        half of a GAN): it overrides signal_deltas."""
+        return cls.signal_deltas is not Rule.signal_deltas
+
     def check_signal(self, net: Network) -> None:
         """Raise UsageError unless this rule can carry an outside error signal through `net`."""
         if type(self).signal_deltas is Rule.signal_deltas:
@@ -143,8 +170,24 @@ class Rule:
         return (
             f"rule {self.name!r} sends no error signal backwards, so it cannot pass a signal "
             "through a network from outside its loss (as a GAN needs); rules that can: "
-            "bp, fa, dfa, usf, brsf, frsf, dni"
+            + rules_that(lambda r: r.carries_signals())
         )
+
+    # ---- what the speed paths need --------------------------------------------------------
+    def compile_problem(self, net: Network) -> str | None:
+        """Why this rule's step on `net` is not compiled (one clause), or None."""
+        if self.not_compiled is None:
+            return None
+        if self.not_compiled == Rule.not_compiled:  # the default: say which rule
+            return f"rule {self.name} {self.not_compiled}"
+        return self.not_compiled
+
+    @classmethod
+    def stacked_form(cls, rules: Sequence[Rule], nets: Sequence[Network]) -> StackedRule | str:
+        """The step of K members (`rules[k]` trains `nets[k]`) as one vmapped computation
+        (rules/machinery/stacking.py), or the reason there is none (one line). Called on the
+        first member's class once the members were found to share a stack (stack_family)."""
+        return f"rule {cls.name} has no stacked form (it draws randomness or steps differently)"
 
     def feedback_matrices(self, net: Network) -> dict[str, Tensor]:
         """For rules that carry errors back along other matrices than W^T: per weight name,

@@ -33,6 +33,7 @@ from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 class BatchRandomSignFeedback(FeedbackRule):
     name = "brsf"
     summary = "sign-concordant feedback: sign(W)^T times magnitudes redrawn every batch"
+    not_compiled = "it draws fresh feedback magnitudes from its own generator every step"
     recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
     search_space: ClassVar[SearchSpace] = {**optimiser_space(), "scale": (0.25, 4.0, "log")}

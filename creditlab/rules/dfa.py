@@ -26,9 +26,9 @@ apply.
 The start matters more than the scale on conv nets: with relu LeNet the rule barely learnt
 while the output layer's random initial weights were unrelated to B (the hidden groups grew
 and died), and learnt from output weights starting at zero, as feedback alignment needs
-(see the README's convolution results). So the rule recommends output_init "zero"
+(see docs/conv-and-capsules.md). So the rule recommends output_init "zero"
 (training/output_init.py; `--output-init random` restores the drawn start): on dense MLPs
-the start made no consistent difference either way (the README's recommended settings).
+the start made no consistent difference either way (docs/comparing-and-tuning.md).
 """
 
 from __future__ import annotations
@@ -51,11 +51,13 @@ from creditlab.rules.machinery.feedback import (
     state_part,
 )
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
+from creditlab.rules.machinery.stacking import StackedRule
 
 
 class DirectFeedbackAlignment(Rule):
     name = "dfa"
     summary = "direct feedback alignment: the output error reaches each hidden group via fixed B_j"
+    not_compiled = None  # checked against eager in tests/test_compile.py
     any_kind = True
     recommended: ClassVar[dict[str, Any]] = {
         "optimizer": "sgd",
@@ -102,9 +104,19 @@ class DirectFeedbackAlignment(Rule):
         std = self.scale * net.init_std(net.output_name)
         return random_matrix(net, shape, std, self.opts["distribution"], seed_for(net, "dfa", j))
 
+    # A stack's template (GivenDirectFeedback below) is handed its members' joined matrices,
+    # stacked, in place of its own; None: the rule's own.
+    given: tuple[torch.Tensor | None, list[int]] | None = None
+
+    @classmethod
+    def stacked_form(cls, rules, nets):
+        return GivenDirectFeedback(rules, nets)
+
     def joined_feedback(self, net: Network) -> tuple[torch.Tensor | None, list[int]]:
         """[B_j for every hidden j] as one matrix, joined once per binding, and the sizes
-        (a stack hands its members' joined matrices to the sweep in this method's place)."""
+        (a stack hands its members' joined matrices to the sweep in `given`)."""
+        if self.given is not None:
+            return self.given
         if net is not self.B.net:
             self.check(net)  # sized before drawn
         matrices = self.B.get(net)
@@ -155,3 +167,29 @@ class DirectFeedbackAlignment(Rule):
 
     def load_state_dict(self, state):
         self.B.load_state_dict(state_part(self, state, "B") if state else {})
+
+
+class GivenDirectFeedback(StackedRule):
+    """dfa stacked: each member's fixed B_j, joined into one matrix as dfa joins them, are
+    stacked outside vmap and handed to the template's sweep, as fa's stack hands fa its B.
+    They never change during training, so they are stacked again only when a member's
+    matrices were replaced (a restored state). Nothing is carried from step to step."""
+
+    def __init__(self, rules, nets):
+        super().__init__(rules, nets)
+        self._cache: tuple[tuple, torch.Tensor | None, list[int]] | None = None
+
+    def extra(self, nets):
+        joined = [r.joined_feedback(n) for r, n in zip(self.rules, nets, strict=True)]
+        key = tuple((id(B), B._version) for B, _ in joined if B is not None)
+        if self._cache is None or self._cache[0] != key:
+            B_all = None if joined[0][0] is None else torch.stack([B for B, _ in joined])
+            self._cache = (key, B_all, joined[0][1])
+        return self._cache[1]
+
+    def run(self, net, x, y, extra, state):
+        self.template.given = (extra, self._cache[2])
+        try:
+            return self.template.updates(net, x, y), state
+        finally:
+            self.template.given = None  # batched values must not outlive vmap

@@ -11,6 +11,11 @@ to outliers. The estimate of dE/dtheta is
 
 and it goes to the usual optimisers like any other rule's update. Memory grows with the
 population times the number of parameters; metrics report it.
+
+Only forward passes are needed, so es trains any network the engine runs: convolutions,
+pooling, capsules, batch norm, residual blocks, several outputs. The members are scored in
+evaluation mode, so batch norm normalises by its running statistics, which es leaves as they
+are (the network it trains is the one that is evaluated).
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from creditlab.errors import UsageError
 from creditlab.rules.base import Option, Rule
 from creditlab.rules.machinery.population import (
     NoiseTable,
+    antithetic_applies,
     antithetic_losses,
+    antithetic_members,
     population_bytes,
+    population_losses,
     split_like,
 )
 from creditlab.rules.machinery.randomness import RuleGenerator
@@ -41,8 +49,11 @@ def centred_ranks(losses: torch.Tensor) -> torch.Tensor:
 class EvolutionStrategies(Rule):
     name = "es"
     summary = "evolution strategies: antithetic Gaussian perturbations, rank-shaped fitness"
+    not_compiled = "it draws its population's perturbations from its own generator every step"
     # The estimated gradient is noisy and small: Adam's per-parameter scaling suits it.
     recommended: ClassVar[dict[str, Any]] = {"optimizer": "adam", "lr": 0.01}
+    # Forward passes only: it trains any network the engine can run forward.
+    any_kind = True
     options = {
         "population": Option(int, 100, "members per step (antithetic pairs, so even)"),
         "sigma": Option(float, 0.02, "standard deviation of the perturbations"),
@@ -73,7 +84,10 @@ class EvolutionStrategies(Rule):
             size = max(2**24, 4 * n_params)
             self.noise_table = NoiseTable(size, net.seed * 1_000_003 + 17, net.device, net.dtype)
         noise = split_like(self.noise_table.sample(pairs, n_params, rng), params)
-        losses = antithetic_losses(net, x, y, noise, sigma)
+        if antithetic_applies(net):  # the shared-product pass, faster for dense networks
+            losses = antithetic_losses(net, x, y, noise, sigma)
+        else:  # any network the engine runs: the members as explicit copies
+            losses = population_losses(net, x, y, antithetic_members(params, noise, sigma))
         self.last_loss = losses[0]
         scores = losses[1:]
         if self.opts["shaping"] == "rank":

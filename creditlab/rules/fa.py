@@ -18,9 +18,9 @@ inflate the hidden activity on which the output layer's exact step acts.
 The start matters more than the scale on conv nets: with relu LeNet the rule barely learnt
 while the output layer's random initial weights were unrelated to B (the hidden groups grew
 and died), and learnt from output weights starting at zero, as feedback alignment needs
-(see the README's convolution results). So the rule recommends output_init "zero"
+(see docs/conv-and-capsules.md). So the rule recommends output_init "zero"
 (training/output_init.py; `--output-init random` restores the drawn start): on dense MLPs
-the start made no consistent difference either way (the README's recommended settings).
+the start made no consistent difference either way (docs/comparing-and-tuning.md).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 class FeedbackAlignment(FeedbackRule):
     name = "fa"
     summary = "feedback alignment: errors return along fixed random matrices B in W^T's place"
+    not_compiled = None  # checked against eager in tests/test_compile.py
     recommended: ClassVar[dict[str, Any]] = {
         "optimizer": "sgd",
         "lr": 0.05,

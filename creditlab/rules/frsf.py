@@ -32,6 +32,7 @@ from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 class FixedRandomSignFeedback(FeedbackRule):
     name = "frsf"
     summary = "sign-concordant feedback: sign(W)^T times magnitudes drawn once"
+    not_compiled = None  # the sweep of bp and fa, with fixed sign-concordant feedback
     recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
     search_space: ClassVar[SearchSpace] = {**optimiser_space(), "scale": (0.25, 4.0, "log")}

@@ -36,7 +36,10 @@ from creditlab.rules.machinery.space import SearchSpace
 class HillClimb(Rule):
     name = "hillclimb"
     summary = "hill climbing: keep a random perturbation only if the batch loss falls"
+    not_compiled = "it draws its proposals from its own generator every step"
     applies_own_step = True
+    # Forward passes only (rules/machinery/population.py): any network the engine runs.
+    any_kind = True
     # It applies its own step (no optimiser, no lr); its options are its settings.
     recommended: ClassVar[dict[str, Any]] = {}
     options = {

@@ -19,6 +19,7 @@ from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 class UniformSignFeedback(FeedbackRule):
     name = "usf"
     summary = "uniform sign-concordant feedback: errors return along sign(W)^T, W's norm"
+    not_compiled = None  # the sweep of bp and fa, with sign-concordant feedback
     recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {"scale": scale_option(1.0)}
     search_space: ClassVar[SearchSpace] = {**optimiser_space(), "scale": (0.25, 4.0, "log")}

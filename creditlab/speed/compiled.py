@@ -25,7 +25,8 @@ copies at the price of a static buffer per epoch; not done, as it was not measur
 
 A step is compiled once per batch shape (the full batches and the epoch's last, shorter one).
 Rules whose step cannot be captured fall back to eager, and the training loop says why in one
-line (`compile_problem`).
+line (`compile_problem`): each rule declares whether its step compiles, and why not
+(`Rule.not_compiled`, rules/base.py).
 """
 
 from __future__ import annotations
@@ -42,27 +43,13 @@ from creditlab.speed.cuda_graphs import CaptureFailed, CudaGraphBackend, StepGra
 
 Tensor = torch.Tensor
 
-# Rules checked to give eager's updates when compiled (tests/test_compile.py covers bp and fa;
-# the others share their code paths: the sweep with fixed or sign-concordant feedback).
-COMPILED = ("bp", "fa", "usf", "frsf", "dfa")
-WHY_NOT = {
-    "brsf": "it draws fresh feedback magnitudes from its own generator every step",
-    "es": "it draws its population's perturbations from its own generator every step",
-    "hillclimb": "it draws its proposals from its own generator every step",
-    "dni": "its synthesizers' optimiser counts steps in Python, which would recompile every step",
-    "cdni": "its synthesizers' optimiser counts steps in Python, which would recompile every step",
-}
-
 
 def compile_problem(rule: Rule, net: Network) -> str | None:
-    """Why this rule's step is not compiled on this network (one line), or None."""
+    """Why this rule's step is not compiled on this network (one line), or None. The rule
+    declares whether its step compiles (Rule.not_compiled)."""
     if any(g.dropout > 0 for g in net.groups.values()):
         return "dropout draws from the network's generator inside the step"
-    if rule.name in WHY_NOT:
-        return WHY_NOT[rule.name]
-    if rule.name not in COMPILED:
-        return f"rule {rule.name} has not been checked against eager under torch.compile"
-    return None
+    return rule.compile_problem(net)
 
 
 class CapturedOptimizer:

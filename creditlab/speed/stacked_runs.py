@@ -1,4 +1,4 @@
-"""Training K runs at once as one stack: the loop of train.py for a stack of networks.
+"""Training K runs at once as one stack: trainer.py's runs, stepped together by the stack.
 
 Every member is an ordinary Trainer (its config, run folder, rule, optimiser, history, best
 model, checkpoints and results.json exactly as a separate run has them); only the step is
@@ -13,14 +13,12 @@ cost per network, and the record says how many were stacked.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils import _pytree as pytree
-from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import matmul_precision
@@ -28,6 +26,7 @@ from creditlab.errors import TrainingError
 from creditlab.speed.compiled import CapturedOptimizer
 from creditlab.speed.vmap_stack import Stack, StackError, member_state, stacked_state
 from creditlab.training.diagnostics import probe
+from creditlab.training.loop import EpochLoop, batch_slice
 from creditlab.training.trainer import (
     TrainConfig,
     Trainer,
@@ -146,65 +145,57 @@ class StackedTrainer:
         return [results[k] for k in range(len(self.trainers))]
 
     def train_epoch(self, epoch: int) -> dict[int, dict[str, Any]]:
-        """One epoch of every active member; their records by member index."""
+        """One epoch of every active member (training/loop.py runs it with the stack's step);
+        their records by member index."""
         first = self.trainers[0]
         config, data, device = first.config, first.data, first.device
-        n, size, steps = data.train_x.shape[0], config.batch_size, first.steps_per_epoch
+        n, steps = data.train_x.shape[0], first.steps_per_epoch
         k_all = len(self.trainers)
-        first._sync()
-        start = time.perf_counter()
+        desc = f"epoch {epoch}/{config.epochs} ({k_all} stacked)"
+        loop = EpochLoop(desc, steps, device, self.progress)
         order = torch.stack(
             [epoch_permutation(t.config.seed, epoch, n, device) for t in self.trainers]
         )
         losses = torch.zeros(k_all, steps, device=device)
         metric_sums: dict[str, Tensor] = {}
         probes: dict[int, list] = {k: [] for k in range(k_all)}
-        probe_seconds, checked = 0.0, 0
-        bar = tqdm(
-            total=steps,
-            desc=f"epoch {epoch}/{config.epochs} ({k_all} stacked)",
-            unit="batch",
-            disable=not self.progress,
-            dynamic_ncols=True,
-        )
-        for step in range(steps):
-            index = order[:, step * size : (step + 1) * size]
+
+        def step(i: int) -> None:
+            index = order[:, batch_slice(i, config.batch_size)]
             xb = data.train_x[index]
             yb = targets_for(first.net, data.train_y[index], data.n_classes)
-            global_step = (epoch - 1) * steps + step
+            global_step = (epoch - 1) * steps + i
             if self.captured:  # the shared optimiser's step is inside the compiled step
                 state, lr = self.captured.before(self.shared.state, first.schedule(global_step))
                 loss, metrics = self.stack.step_and_apply(xb, yb, self.shared.opt, state, lr)
                 self.captured.after(self.shared.state)
             else:
                 updates, loss, metrics = self.stack.updates(xb, yb)
-            losses[:, step] = loss
+            losses[:, i] = loss
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0) + value.detach()
-            if (step + 1) % 25 == 0 or step + 1 == steps:
-                self._check_finite(losses, checked, step + 1, epoch)
-                checked = step + 1
             if self.shared and not self.captured:
                 self.shared.update(self.stack.params, updates, first.schedule(global_step))
             for k in [] if self.shared else self.active:
                 t = self.trainers[k]
                 lr = t.schedule(global_step)
                 t.opt.update(t.params, {name: u[k] for name, u in updates.items()}, t.opt_state, lr)
-            if config.probe_every and (global_step + 1) % config.probe_every == 0:
-                first._sync()
-                probe_start = time.perf_counter()
-                self.stack.sync()
-                for k in self.active:
-                    t = self.trainers[k]
-                    probes[k].append(
-                        {"step": global_step + 1, **probe(t.rule, t.net, *t.probe_batch)}
-                    )
-                first._sync()
-                probe_seconds += time.perf_counter() - probe_start
-            bar.update(1)
-        first._sync()
-        seconds = (time.perf_counter() - start - probe_seconds) / k_all
-        bar.close()
+
+        def probe_at(done: int) -> None:
+            self.stack.sync()
+            for k in self.active:
+                t = self.trainers[k]
+                probes[k].append({"step": done, **probe(t.rule, t.net, *t.probe_batch)})
+
+        seconds = loop.run(
+            step,
+            lambda first, last: self._check_finite(losses, first, last, epoch),
+            first_step=(epoch - 1) * steps,
+            probe_every=config.probe_every,
+            probe=probe_at,
+        )
+        seconds /= k_all  # the cost per network
+        loop.close()
         self.stack.sync()  # each member's rule and optimiser hold their state for the checkpoint
         if self.shared:
             self.shared.sync()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from creditlab.engine.network import Network, weight_name
-from creditlab.rules import Rule, rule
+from creditlab.rules import GRADIENT_RULE, Rule, rule
 
 Tensor = torch.Tensor
 
@@ -52,7 +52,7 @@ def probe(learner: Rule, net: Network, x: Tensor, y: Tensor) -> dict[str, Any]:
     try:
         update = learner.updates(net, x, y)
         net.rng.set_state(saved_rng)  # the same dropout masks for the reference
-        gradient = rule("bp").updates(net, x, y)
+        gradient = rule(GRADIENT_RULE).updates(net, x, y)
         feedback = learner.feedback_matrices(net)
     finally:
         learner.load_state_dict(saved_state)

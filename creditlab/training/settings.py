@@ -10,12 +10,10 @@ run's config.json records every such value with its source: "user", "rule" or "d
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from creditlab.rules import rule_class
-
-if TYPE_CHECKING:
-    from creditlab.training.trainer import TrainConfig
+from creditlab.training.config import TrainConfig
 
 # The settings a rule may recommend, with the project's defaults for rules that do not.
 DEFAULTS: dict[str, Any] = {

@@ -13,31 +13,30 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from creditlab.data import Dataset, load_dataset
-from creditlab.data.augment import image_shape_of, parse_augment, shift
+from creditlab.data.augment import augment, image_shape_of, parse_augment
 from creditlab.engine import memory
 from creditlab.engine.activations import activation as lookup_activation
-from creditlab.engine.devices import check_matmul_precision, matmul_precision, resolve_device
+from creditlab.engine.devices import matmul_precision, resolve_device
 from creditlab.engine.losses import loss as lookup_loss
 from creditlab.engine.models import build_model
 from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import GraphError, TrainingError, UnknownNameError, UsageError
 from creditlab.figures.capsules import write_reconstructions
-from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
+from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer, parse_milestones
 from creditlab.rules import Rule, rule
 from creditlab.speed.compiled import CompiledStep, compile_problem
 from creditlab.training import checkpoint, folders, guards, settings
+from creditlab.training.config import TrainConfig  # (re-exported: its home until the split)
 from creditlab.training.diagnostics import probe
-from creditlab.training.output_init import apply_output_init, check_output_init, zero_applies
+from creditlab.training.loop import EpochLoop, batch_slice, synchronize
+from creditlab.training.output_init import apply_output_init, zero_applies
 
 Tensor = torch.Tensor
 
@@ -46,134 +45,6 @@ Tensor = torch.Tensor
 FREE_ON_RESUME = ("data_dir", "device", "matmul_precision")
 # Fields added after runs were saved without them, with the value those runs had in effect.
 ADDED_LATER = {"output_init": "random"}
-# Seeds are mixed as seed * 1_000_003 + small offsets into 64-bit generator seeds: keep them small
-# enough that this cannot overflow.
-MAX_SEED = 2**32 - 1
-
-
-@dataclass
-class TrainConfig:
-    """Everything that decides a run; written to config.json and checked on --resume."""
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    val_size: int | None = None
-    train_subset: int | None = None  # use only the first n training examples
-    model: str = "mlp:256-256"
-    activation: str = "relu"
-    loss: str = "cross_entropy"
-    init: str | None = None
-    # The prediction group's weights at the start: "random" (as drawn) or "zero"
-    # (training/output_init.py); None: unset, as the optimiser settings below.
-    output_init: str | None = None
-    dropout: float = 0.0
-    augment: str | None = None  # "shift:K": training images shifted by up to K pixels
-    rule: str = "bp"
-    rule_opts: dict[str, Any] = field(default_factory=dict)
-    # None: unset, to be filled from the rule's recommendation or the default (settings.py).
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    nesterov: bool = False
-    weight_decay: float | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str | None = None
-    warmup_epochs: float = 0.0
-    step_epochs: int = 10
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    epochs: int = 20
-    batch_size: int = 32
-    patience: int | None = None  # stop after this many epochs without a better val accuracy
-    probe_every: int = 50  # steps between alignment probes (0: none)
-    probe_size: int = 256  # examples in the fixed probe batch (the first of the training set)
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
-    # torch.set_float32_matmul_precision during the run: "highest" (strict float32), "high"
-    # (TF32 on NVIDIA Ampere and later), "medium"; the process's setting is restored after.
-    matmul_precision: str = "highest"
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UsageError(f"{name} must be a positive integer, got {value!r}")
-        for name, low in (("probe_every", 0), ("probe_size", 1)):  # probe_every 0: no probes
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise UsageError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.patience is not None and self.patience < 1:
-            raise UsageError(f"patience must be a positive integer, got {self.patience}")
-        if self.train_subset is not None and (
-            isinstance(self.train_subset, bool)
-            or not isinstance(self.train_subset, int)
-            or self.train_subset < 1
-        ):
-            raise UsageError(f"train_subset must be a positive integer, got {self.train_subset!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise UsageError(f"seed must be an integer from 0 to {MAX_SEED}, got {self.seed!r}")
-        _check_number("lr", self.lr, 0.0)
-        _check_number("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _check_number("weight_decay", self.weight_decay, 0.0)
-        # The schedule's own settings: a negative or growing decay, a negative floor or a
-        # floor above the rate would each make the learning rate do what nobody asked for.
-        _check_number("gamma", self.gamma, 0.0, 1.0, low_open=True)
-        _check_number("min_lr", self.min_lr, 0.0)
-        _check_number("warmup_epochs", self.warmup_epochs, 0.0)
-        if isinstance(self.step_epochs, bool) or not isinstance(self.step_epochs, int):
-            raise UsageError(f"step_epochs must be a positive integer, got {self.step_epochs!r}")
-        if self.step_epochs < 1:
-            raise UsageError(f"step_epochs must be a positive integer, got {self.step_epochs}")
-        if self.schedule == "cosine" and self.lr is not None and self.min_lr > self.lr:
-            raise UsageError(
-                f"min_lr ({self.min_lr}) is above lr ({self.lr}): the cosine schedule would "
-                "raise the rate; give a min_lr <= lr"
-            )
-        largest = torch.finfo(resolve_dtype(self.dtype)).max
-        for name in ("lr", "min_lr", "weight_decay"):  # 1e39 is a float, but not a float32
-            value = getattr(self, name)
-            if isinstance(value, int | float) and value > largest:
-                raise UsageError(
-                    f"{name} {value:g} is beyond {self.dtype}'s range (largest {largest:.3g})"
-                )
-        check_matmul_precision(self.matmul_precision)
-        parse_augment(self.augment)
-        if self.output_init is not None:
-            check_output_init(self.output_init)
-        self.betas = tuple(self.betas)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["betas"] = list(self.betas)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def _check_number(
-    name: str,
-    value: float | None,
-    low: float,
-    high: float = math.inf,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    """Refuse a setting that is not a finite number in [low, high] (ends open as asked);
-    None (unset) passes."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UsageError(f"{name} must be a number, got {value!r}")
-    below = value <= low if low_open else value < low
-    above = value >= high if high_open else value > high
-    if not math.isfinite(value) or below or above:
-        span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise UsageError(f"{name} must be a finite number in {span}, got {value}")
 
 
 def differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -328,6 +199,7 @@ class Trainer:
             config.gamma,
             config.min_lr,
             0.0 if self.rule.applies_own_step else config.warmup_epochs,
+            parse_milestones(config.milestones),
         )
         n_probe = min(config.probe_size, self.data.train_x.shape[0])
         self.probe_batch = (
@@ -475,73 +347,63 @@ class Trainer:
         return patience is not None and self.epoch - self.best["epoch"] >= patience
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch (training/loop.py runs it with this run's step); the epoch's record."""
         config, data, net = self.config, self.data, self.net
-        n = data.train_x.shape[0]
-        # Losses stay on the device and are checked every few steps (a check on CUDA waits for
-        # the GPU); every loss is recorded, so the message still names the first bad step.
-        check_every = 25
-        self._sync()
-        start = time.perf_counter()
-        order = epoch_permutation(config.seed, epoch, n, self.device)
+        steps = self.steps_per_epoch
+        loop = EpochLoop(f"epoch {epoch}/{config.epochs}", steps, self.device, self.progress)
+        order = epoch_permutation(config.seed, epoch, data.train_x.shape[0], self.device)
         xs, ys = data.train_x[order], data.train_y[order]
-        max_shift = parse_augment(config.augment)
-        if max_shift:
+        augments = parse_augment(config.augment)
+        if augments:
             shifts = shift_generator(config.seed, epoch, self.device)
             image = image_shape_of(data.image_shape, data.input_size)
-        losses = torch.zeros(self.steps_per_epoch, device=self.device)
+        losses = torch.zeros(steps, device=self.device)
         recorded = 0  # steps whose rule reported a batch loss (gradient-free rules may not)
         metric_sums: dict[str, float] = {}
-        bar = tqdm(
-            total=self.steps_per_epoch,
-            desc=f"epoch {epoch}/{config.epochs}",
-            unit="batch",
-            disable=not self.progress,
-            leave=True,
-            dynamic_ncols=True,
-        )
-        checked = 0
         probes: list[dict[str, Any]] = []
-        probe_seconds = 0.0
-        for step in range(self.steps_per_epoch):
-            a = step * config.batch_size
-            xb, yb = xs[a : a + config.batch_size], ys[a : a + config.batch_size]
-            if max_shift:
-                xb = shift(xb, image, max_shift, shifts)
+        lr = self.schedule((epoch - 1) * steps)
+
+        def step(i: int) -> None:
+            nonlocal recorded, lr
+            rows = batch_slice(i, config.batch_size)
+            xb, yb = xs[rows], ys[rows]
+            if augments:
+                xb = augment(xb, image, augments, shifts)
             targets = targets_for(net, yb, data.n_classes)
-            global_step = (epoch - 1) * self.steps_per_epoch + step
-            lr = self.schedule(global_step)
+            lr = self.schedule((epoch - 1) * steps + i)
             if self.compiled_step:  # the optimiser's step is inside the compiled one
                 self.compiled_step(xb, targets, self.opt_state, lr)
             else:
                 updates = self.rule.updates(net, xb, targets)
             if self.rule.last_loss is not None:
-                losses[step] = self.rule.last_loss
+                losses[i] = self.rule.last_loss
                 recorded += 1
                 if self.loss_reference is None:  # the first batch, before any update
                     self.loss_reference = float(self.rule.last_loss)
             for key, value in self.rule.metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
-            if (step + 1) % check_every == 0 or step + 1 == self.steps_per_epoch:
-                self._check_finite(losses, checked, step + 1, epoch)
-                checked = step + 1
             if not self.compiled_step:
                 self.opt.update(self.params, updates, self.opt_state, lr)
-            if config.probe_every and (global_step + 1) % config.probe_every == 0:
-                self._sync()
-                probe_start = time.perf_counter()
-                probes.append({"step": global_step + 1, **probe(self.rule, net, *self.probe_batch)})
-                self._sync()
-                probe_seconds += time.perf_counter() - probe_start  # diagnostics, not training
-            if self.progress and (step % 20 == 0 or step + 1 == self.steps_per_epoch):
-                running = float(losses[: step + 1].sum()) / max(1, recorded)
-                bar.set_postfix(loss=f"{running:.4f}", refresh=False)
-            bar.update(1)
-        self._sync()
-        seconds = time.perf_counter() - start - probe_seconds
+
+        def probe_at(done: int) -> None:
+            probes.append({"step": done, **probe(self.rule, net, *self.probe_batch)})
+
+        def postfix(i: int) -> dict[str, str] | None:
+            if i % 20 and i + 1 < steps:
+                return None
+            return {"loss": f"{float(losses[: i + 1].sum()) / max(1, recorded):.4f}"}
+
+        seconds = loop.run(
+            step,
+            lambda first, last: self._check_finite(losses, first, last, epoch),
+            first_step=(epoch - 1) * steps,
+            probe_every=config.probe_every,
+            probe=probe_at,
+            postfix=postfix,
+        )
         val_loss, val_acc = evaluate(net, self.rule, data.val_x, data.val_y, data.n_classes)
         train_loss = float(losses.sum()) / recorded if recorded else math.nan
-        bar.set_postfix(loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
-        bar.close()
+        loop.close(loss=f"{train_loss:.4f}", val_acc=f"{val_acc:.4f}")
         record = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -550,7 +412,7 @@ class Trainer:
             "lr": lr,
             "seconds": seconds,
         }
-        record.update({k: v / self.steps_per_epoch for k, v in metric_sums.items()})
+        record.update({k: v / steps for k, v in metric_sums.items()})
         if probes:
             record["alignment"] = probes
         return record
@@ -570,8 +432,7 @@ class Trainer:
         )
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
 
     # ---- results --------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:

@@ -33,11 +33,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from creditlab.compare import runs as compare
 from creditlab.data import Dataset, load_dataset
 from creditlab.errors import TrainingError, UsageError
+from creditlab.progress import bar as progress_bar
 from creditlab.rules import rule_class
 from creditlab.rules.machinery import space as spaces
 from creditlab.training import checkpoint
@@ -184,7 +183,7 @@ class Sweep:
         self.pool, self.data, self.log = pool, data, log
         self.jobs = 0  # jobs run in this session
         every = [t for ts in trials.values() for t in ts]
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=len(every),
             initial=sum(t.status in DONE for t in every),
             desc="trials done",

@@ -28,6 +28,22 @@ class Kind:
     weighted = True  # each connection i -> j has a W_ij
     biased = True  # the group has a bias b_j
     many_inputs = False  # may read several groups (dense only)
+    # The signal back is always the kind's own, with its own parameters: no rule puts a
+    # stand-in in their place (batch norm; the parameter-free kinds carry theirs exactly).
+    exact = False
+
+    def has_bias(self, group: Any) -> bool:
+        """Whether group j has a bias b_j: the kind's, unless the group was built without."""
+        return self.biased and group.options.get("bias", True)
+
+    def initial_weight(self, net: Any, i: str, group: Any, shape: tuple[int, ...]):
+        """W_ij's initial value where the kind fixes it (batch norm's gamma = 1); None for a
+        random draw (Glorot or He)."""
+        return None
+
+    def initial_buffers(self, net: Any, group: Any) -> dict[str, Tensor]:
+        """The group's non-trained state by name (batch norm's running statistics)."""
+        return {}
 
     def shape(self, net: Any, group: Any) -> tuple[int, ...]:
         """Group j's shape per example, checking what it reads (GraphError naming j)."""

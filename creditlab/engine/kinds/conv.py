@@ -91,7 +91,8 @@ class Conv(Kind):
         (i,), j = group.ins, group.name
         x = inputs[0].reshape(-1, *net.groups[i].shape)
         _, _, _, _, stride, pad = conv_geometry(net, group)
-        return conv_forward(x, net.W[(i, j)], net.b[j], stride, pad).reshape(x.shape[0], -1)
+        s = conv_forward(x, net.W[(i, j)], net.b.get(j), stride, pad)  # b: None without bias
+        return s.reshape(x.shape[0], -1)
 
     def signal(self, net, trace, i, group, delta, F, out=None):
         shape = net.groups[i].shape

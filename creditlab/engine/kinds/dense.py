@@ -29,7 +29,11 @@ class Dense(Kind):
     def forward(self, net, group, trace, inputs):
         j = group.name
         first, *rest = group.ins
-        s_j = torch.addmm(net.b[j], inputs[0], net.W[(first, j)])
+        b = net.b.get(j)  # None for a group built without a bias
+        if b is None:
+            s_j = inputs[0] @ net.W[(first, j)]
+        else:
+            s_j = torch.addmm(b, inputs[0], net.W[(first, j)])
         for i, z_i in zip(rest, inputs[1:], strict=True):
             s_j.addmm_(z_i, net.W[(i, j)])
         return s_j

@@ -32,6 +32,7 @@ from creditlab.engine.network import Network, weight_name
 from creditlab.errors import UsageError
 from creditlab.rules.base import Option, Rule
 from creditlab.rules.machinery.signals import SweepSignals, lookup
+from creditlab.rules.machinery.stacking import StackedRule
 
 Tensor = torch.Tensor
 DISTRIBUTIONS = ("uniform", "normal")
@@ -81,11 +82,12 @@ def random_matrix(
 
 def feedback_connections(net: Network) -> list[tuple[str, str]]:
     """The connections (i, j) whose feedback carries a signal: i is not the input group, and
-    the connection has weights (pooling and masks carry their signal exactly)."""
+    the connection has weights (pooling, masks, additions and batch norm carry their signal
+    exactly)."""
     return [
         (i, j)
         for j in net.order
-        if net.kind(j).weighted
+        if net.kind(j).weighted and not net.kind(j).exact
         for i in net.groups[j].ins
         if i != net.input_name
     ]
@@ -247,6 +249,10 @@ class FeedbackRule(SweepSignals, Rule):
 
     any_kind = True
 
+    @classmethod
+    def stacked_form(cls, rules, nets):
+        return GivenFeedback(rules, nets)
+
     def signal_feedback(self, net):
         return lookup(self.step_feedback(net))
 
@@ -256,3 +262,43 @@ class FeedbackRule(SweepSignals, Rule):
         self.last_loss = net.total_loss(trace, y)
         deltas = error_sweep(net, trace, y, feedback=lambda i, j: B[weight_name(i, j)])
         return weight_updates(net, trace, deltas)
+
+
+# fa, usf, brsf and frsf members, in any mix of rules and options, share a stack.
+FeedbackRule.stack_family = FeedbackRule
+
+
+class GivenFeedback(StackedRule):
+    """fa, usf, brsf, frsf stacked: backprop's sweep with B_jk in W_jk^T's place. Each member's
+    rule forms its B for the step (drawing from its own generator where it draws), and the
+    sweep of FeedbackRule runs batched over the stacked B. Rules and options may differ per
+    member."""
+
+    def __init__(self, rules, nets):
+        super().__init__(rules, nets)
+        self.template = _GivenFeedbackRule()
+        self._cache: tuple[tuple, dict[str, Tensor]] | None = None
+
+    def extra(self, nets):
+        per_member = [r.step_feedback(n) for r, n in zip(self.rules, nets, strict=True)]
+        # fa's matrices never change: stack them again only when a member's tensors did.
+        key = tuple((id(t), t._version) for B in per_member for t in B.values())
+        if self._cache is None or self._cache[0] != key:
+            stacked = {k: torch.stack([B[k] for B in per_member]) for k in per_member[0]}
+            self._cache = (key, stacked)
+        return self._cache[1]
+
+    def run(self, net, x, y, extra, state):
+        self.template.B = extra
+        try:
+            return self.template.updates(net, x, y), state
+        finally:
+            self.template.B = {}  # batched values must not outlive vmap
+
+
+class _GivenFeedbackRule(FeedbackRule):
+    name = ""  # never registered: the stack's stand-in for every member's feedback rule
+    B: dict[str, Tensor] = {}
+
+    def step_feedback(self, net):
+        return self.B

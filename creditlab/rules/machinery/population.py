@@ -23,17 +23,20 @@ Tensor = torch.Tensor
 
 
 def population_losses(net: Network, x: Tensor, y: Tensor, members: dict[str, Tensor]) -> Tensor:
-    """The mean batch loss of every member; members[name] has shape (P, *param.shape).
+    """The batch loss of every member; members[name] has shape (P, *param.shape).
 
-    Evaluation mode: no dropout. x (N, d) is shared by every member. The population is a stack:
-    each member runs the network's own forward pass, batched over the leading axis by
+    Evaluation mode: no dropout, and batch norm normalises by its running statistics, which
+    these passes leave as they are. x (N, d) is shared by every member. The population is a
+    stack: each member runs the network's own forward pass, batched over the leading axis by
     torch.func.vmap (every connection's product becomes one batched product), so whatever
-    the engine's forward can run, a population can.
+    the engine's forward can run (convolutions, pooling, capsules, batch norm, residual
+    additions, several outputs), a population can. The loss is the network's total loss, as
+    net.loss computes it (capsule masks keep the label's capsule).
     """
 
     def member_loss(params: dict[str, Tensor]) -> Tensor:
         with bound(net, params):
-            return net.loss_fn.mean(net.forward(x).z[net.output_name], y)
+            return net.total_loss(net.forward(x, labels=y), y)
 
     with batching_fallback_allowed():
         return vmap(member_loss, randomness="error")(members)
@@ -61,10 +64,12 @@ def antithetic_losses(
     the input, whose z is the same for every member, z W is shared by all 2K + 1 members and
     z eps_k by both members of a pair: half the products of the plain batched pass, and none
     of its (2K + 1) copies of the largest weight matrices. The result equals
-    population_losses(net, x, y, antithetic_members(params, noise, sigma)).
+    population_losses(net, x, y, antithetic_members(params, noise, sigma)) for networks of
+    dense groups with biases and one output (antithetic_applies); es uses population_losses
+    for the others.
     """
     params = net.parameters()
-    pairs = noise[bias_name(net.output_name)].shape[0]
+    pairs = next(iter(noise.values())).shape[0]
     plus, minus = slice(1, pairs + 1), slice(pairs + 1, 2 * pairs + 1)
     z: dict[str, Tensor] = {net.input_name: x}  # (N, d) shared, or (2K + 1, N, d) per member
     for j in net.order[1:]:
@@ -85,6 +90,14 @@ def antithetic_losses(
         s[minus] -= eps_b
         z[j] = net.groups[j].act.f(s)
     return member_losses(net, z[net.output_name], y)
+
+
+def antithetic_applies(net: Network) -> bool:
+    """Whether antithetic_losses can run this network: dense groups with biases only (its
+    products are written for them) and one output."""
+    return len(net.outputs) == 1 and all(
+        net.groups[j].kind == "dense" and net.kind(j).has_bias(net.groups[j]) for j in net.order[1:]
+    )
 
 
 def stack_members(params: dict[str, Tensor], offsets: list[dict[str, Tensor] | None]) -> dict:
