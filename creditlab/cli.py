@@ -146,12 +146,24 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def data_dir_arg(text: str | None) -> str | None:
+    """--data-dir as an absolute path to an existing folder: the run records where its data
+    came from, so that `creditlab capsules --run` and a resume elsewhere find it again."""
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        what = "is a file, not a folder" if path.exists() else "does not exist"
+        raise UsageError(f"--data-dir {text} {what}; give the folder holding the dataset's files")
+    return str(path.resolve())
+
+
 def config_from_args(args, rule_name: str, rule_opts: dict):
     from creditlab.training.trainer import TrainConfig
 
     return TrainConfig(
         dataset=args.dataset,
-        data_dir=args.data_dir,
+        data_dir=data_dir_arg(args.data_dir),
         val_size=args.val_size,
         train_subset=args.train_subset,
         model=args.model,
@@ -195,7 +207,7 @@ def _fresh_dir(base: Path) -> Path:
 
 
 def cmd_train(args) -> int:
-    from creditlab.training import folders
+    from creditlab.training import folders, locks
     from creditlab.training.trainer import train
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
@@ -205,16 +217,19 @@ def cmd_train(args) -> int:
         out = _fresh_dir(Path("runs") / f"{dataset}-{config.rule}-seed{config.seed}")
     else:
         out = folders.out_path(args.out)
-    folders.check_train_out(out, args.resume, args.force)
+    if args.resume and args.force:
+        raise UsageError("--resume continues a run and --force starts it over: pass only one")
     try:
-        results = train(
-            config,
-            out,
-            resume=args.resume,
-            progress=not args.quiet,
-            force=args.force,
-            compile=args.compile,
-        )
+        with locks.hold(out, "train"):
+            folders.check_train_out(out, args.resume, args.force)
+            results = train(
+                config,
+                out,
+                resume=args.resume,
+                progress=not args.quiet,
+                force=args.force,
+                compile=args.compile,
+            )
     except KeyboardInterrupt:
         if (out / "checkpoint.pt").exists():
             kept = f"the last checkpoint in {out} is intact: add --resume to go on"
@@ -238,13 +253,15 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     from creditlab.compare import runs as compare
-    from creditlab.training import folders
+    from creditlab.training import folders, locks
 
     if args.report_only:
         if args.out is None:
             raise UsageError("--report-only needs --out, the folder of the compare to draw again")
-        for path in compare.render_folder(args.out):
-            print(f"wrote {path}")
+        locks.check_kind(Path(args.out), "compare")
+        with locks.hold(args.out, "compare"):
+            for path in compare.render_folder(args.out):
+                print(f"wrote {path}")
         return 0
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
     rules = compare.rule_list(args.rules)
@@ -256,20 +273,25 @@ def cmd_compare(args) -> int:
         out = compare.default_out_dir(config, rules, seeds, given)
     else:
         out = folders.out_path(args.out)
-    print(f"comparing {', '.join(rules)} on {len(seeds)} seed(s) in {out}")
-    pool = _open_pool(args) if args.address else None
     try:
-        record = compare.compare(
-            config,
-            rules,
-            seeds,
-            rule_opts,
-            out,
-            force=args.force,
-            progress=not args.quiet,
-            pool=pool,
-            stack=args.stack,
-        )
+        with locks.hold(out, "compare"):
+            print(f"comparing {', '.join(rules)} on {len(seeds)} seed(s) in {out}")
+            pool = _open_pool(args) if args.address else None
+            try:
+                record = compare.compare(
+                    config,
+                    rules,
+                    seeds,
+                    rule_opts,
+                    out,
+                    force=args.force,
+                    progress=not args.quiet,
+                    pool=pool,
+                    stack=args.stack,
+                )
+            finally:
+                if pool is not None:
+                    pool.close()
     except KeyboardInterrupt:
         print(
             "creditlab: interrupted; finished runs and the last checkpoint are kept: run the "
@@ -277,9 +299,6 @@ def cmd_compare(args) -> int:
             file=sys.stderr,
         )
         return 130
-    finally:
-        if pool is not None:
-            pool.close()
     from creditlab.compare import report
 
     print(report.markdown_table(report.tables(record)[0]))
@@ -306,6 +325,7 @@ def _open_pool(args):
 
 def cmd_tune(args) -> int:
     from creditlab.compare import runs as compare
+    from creditlab.training import folders, locks
     from creditlab.tune import search as tune
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
@@ -313,23 +333,27 @@ def cmd_tune(args) -> int:
     rule_opts = compare.parse_rule_opts(args.rule_opt, rules)
     config = config_from_args(args, rules[0], {})  # each trial sets its rule and settings
     seeds = compare.seed_list(args.seeds, config.seed)
-    out = Path(args.out) if args.out else Path("reports") / "tune"
-    pool = _open_pool(args)
+    out = folders.out_path(args.out) if args.out else Path("reports") / "tune"
     try:
-        tune.tune(
-            config,
-            rules,
-            args.trials,
-            out,
-            pool,
-            seeds=seeds,
-            rule_opts=rule_opts,
-            grace=args.grace_epochs,
-            eta=args.eta,
-            force=args.force,
-            progress=not args.quiet,
-            command=shlex.join(["creditlab", *sys.argv[1:]]),
-        )
+        with locks.hold(out, "tune"):
+            pool = _open_pool(args)
+            try:
+                record = tune.tune(
+                    config,
+                    rules,
+                    args.trials,
+                    out,
+                    pool,
+                    seeds=seeds,
+                    rule_opts=rule_opts,
+                    grace=args.grace_epochs,
+                    eta=args.eta,
+                    force=args.force,
+                    progress=not args.quiet,
+                    command=shlex.join(["creditlab", *sys.argv[1:]]),
+                )
+            finally:
+                pool.close()
     except KeyboardInterrupt:
         print(
             "creditlab: interrupted; finished trials and the checkpoints of the others are "
@@ -337,12 +361,18 @@ def cmd_tune(args) -> int:
             file=sys.stderr,
         )
         return 130
-    finally:
-        pool.close()
     print(
         f"best configurations in {out / 'tune.md'} ({out / 'tune.html'}); the retrained best "
         f"on the test set in {out / 'index.html'}"
     )
+    statuses = [t["status"] for e in record["rules"].values() for t in e.get("trials", [])]
+    if statuses and all(s in ("stalled", "diverged", "error") for s in statuses):
+        print(
+            "creditlab: every trial stalled or diverged: the search learned nothing (see "
+            f"{out / 'tune.md'}); results kept",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -410,8 +440,19 @@ def cmd_gradcheck(args) -> int:
 
 def cmd_capsules(args) -> int:
     from creditlab.figures.capsules import figure4
+    from creditlab.training import locks
 
-    print(f"wrote {figure4(args.run, args.out, args.examples)}")
+    data_dir = data_dir_arg(args.data_dir)
+    if args.out is not None and Path(args.out).suffix.lower() != ".png":
+        raise UsageError(f"--out {args.out}: capsules draws a PNG, so the name must end in .png")
+    kind = locks.detect_kind(Path(args.run))
+    if kind not in (None, "train"):
+        raise UsageError(f"--run {args.run} is a `creditlab {kind}` folder, not a train run's")
+    # The figure goes into the run's folder (by default): held, so that a run still training
+    # cannot replace best.pt under it, and no other command writes there meanwhile.
+    with locks.hold(args.run, "train", flag="--run"):
+        path = figure4(args.run, args.out, args.examples, data_dir=data_dir)
+    print(f"wrote {path}")
     return 0
 
 
@@ -423,6 +464,8 @@ def cmd_rules(args) -> int:
     for name, cls in sorted(RULES.items()):
         print(f"{name:10s} {cls.summary}")
         print(f"{'':10s}   recommended: {describe_settings(cls.recommended)}")
+        for family, extra in cls.recommended_for.items():
+            print(f"{'':10s}   recommended on {family} networks: {describe_settings(extra)}")
         for key, opt in cls.options.items():
             print(f"{'':10s}   {name}.{key}={opt.default!r} ({opt.type.__name__}) {opt.help}")
         if cls.search_space:
@@ -587,6 +630,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="folder of a `creditlab train` run")
     p.add_argument("--out", default=None, help="PNG to write (default RUN/figure4.png)")
     p.add_argument("--examples", type=int, default=3, help="test digits to show")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder holding the dataset's files (default: the one the run recorded)",
+    )
     p.set_defaults(func=cmd_capsules)
 
     p = sub.add_parser(
@@ -642,6 +690,16 @@ def main(argv: list[str] | None = None) -> int:
         # Point stdout at /dev/null so that Python's own flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:  # the machine's fault (a full disk, an I/O error): one line, exit 1
+        where = err.filename or "a file"
+        print(f"creditlab: error: cannot use {where}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(
+            "creditlab: error: out of memory; use a smaller model, batch or data set",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

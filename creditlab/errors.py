@@ -42,5 +42,11 @@ class DataError(CreditlabError):
     """Data that is missing, corrupt or truncated; the message names the file."""
 
 
+class MachineError(CreditlabError):
+    """A fault of the machine, not of the input: a full disk, a read-only file system, an I/O
+    error. The message names the path; exit 1. Files written before it are whole (every write
+    is atomic), so the run can go on once the fault is fixed."""
+
+
 class TrainingError(CreditlabError):
     """A run that cannot go on, such as a non-finite loss."""

@@ -303,7 +303,7 @@ def test_a_folder_holding_something_else_is_refused(tmp_path, capsys):
     (tmp_path / "results.json").write_text('{"status": "finished"}')  # e.g. a train run
     args = ["compare", *TINY, "--rules", "bp", "--seeds", "1", "--out", str(tmp_path)]
     assert cli.main(args) == 2
-    assert "is not a compare's results" in capsys.readouterr().err
+    assert "holds no creditlab compare run" in capsys.readouterr().err
     assert (tmp_path / "results.json").read_text() == '{"status": "finished"}'
 
 

@@ -362,17 +362,23 @@ SMALL_ARGS = [
 ]
 
 
+def ran(done) -> bool:
+    """The command ran to its end: exit 0, or exit 1 because the judge found that the toy GAN
+    (one epoch, tiny networks) learned no digits, its results kept (docs/reliability.md)."""
+    return done.returncode == 0 or (done.returncode == 1 and "learned nothing" in done.stderr)
+
+
 def test_gan_and_sample_commands(tmp_path, cli):
     run = tmp_path / "run"
     done = cli("gan", *SMALL_ARGS, "--rule-g", "fa", "--rule-d", "bp", "--out", str(run))
-    assert done.returncode == 0, done.stderr
+    assert ran(done), done.stderr
     assert "classifier FID" in done.stdout
     again = cli("gan", *SMALL_ARGS, "--out", str(run))
     assert again.returncode == 2 and "--resume" in again.stderr
     longer = list(SMALL_ARGS)
     longer[longer.index("--epochs") + 1] = "2"
     more = cli("gan", *longer, "--rule-g", "fa", "--out", str(run), "--resume")
-    assert more.returncode == 0, more.stderr
+    assert ran(more), more.stderr
     assert json.loads((run / "results.json").read_text())["epochs"] == 2
     npz = tmp_path / "samples.npz"
     done = cli("sample", "--run", str(run), "--n", "37", "--out", str(npz))
@@ -423,7 +429,7 @@ def test_gan_compare_writes_a_report_and_resumes(tmp_path, cli):
     out = tmp_path / "cmp"
     args = ["gan-compare", *SMALL_ARGS, "--rules", "bp/bp,fa/fa", "--seeds", "2", "--out", str(out)]
     done = cli(*args)
-    assert done.returncode == 0, done.stderr
+    assert ran(done), done.stderr
     for name in ("results.json", "table.md", "fid.png", "samples.png", "index.html"):
         assert (out / name).exists(), name
     record = json.loads((out / "results.json").read_text())
@@ -432,7 +438,7 @@ def test_gan_compare_writes_a_report_and_resumes(tmp_path, cli):
     assert "data:image/png;base64," in (out / "index.html").read_text()
     stamp = (out / "runs" / "bp-bp-seed0" / "checkpoint.pt").stat().st_mtime_ns
     again = cli(*args)
-    assert again.returncode == 0 and "kept" in again.stdout
+    assert ran(again) and "kept" in again.stdout
     assert (out / "runs" / "bp-bp-seed0" / "checkpoint.pt").stat().st_mtime_ns == stamp
     bad = cli("gan-compare", *SMALL_ARGS, "--rules", "bp", "--out", str(out))
     assert bad.returncode == 2 and "GENERATOR/DISCRIMINATOR" in bad.stderr
@@ -495,7 +501,7 @@ def test_conv_gan_and_sample_commands(tmp_path, cli):
     run = tmp_path / "run"
     args = [*SMALL_ARGS, "--generator", "dcgan:4", "--discriminator", "dcgan:4"]
     done = cli("gan", *args, "--rule-g", "fa", "--rule-d", "usf", "--out", str(run))
-    assert done.returncode == 0, done.stderr
+    assert ran(done), done.stderr
     npz = tmp_path / "samples.npz"
     done = cli("sample", "--run", str(run), "--n", "21", "--out", str(npz))
     assert done.returncode == 0, done.stderr
@@ -503,7 +509,7 @@ def test_conv_gan_and_sample_commands(tmp_path, cli):
     assert images.shape == (21, 8, 8) and images.dtype == np.uint8
     out = tmp_path / "cmp"
     done = cli("gan-compare", *args, "--rules", "bp/bp,dfa/dfa", "--seeds", "1", "--out", str(out))
-    assert done.returncode == 0, done.stderr
+    assert ran(done), done.stderr
     assert "| dfa/dfa | 1 |" in (out / "table.md").read_text()
 
 

@@ -191,7 +191,7 @@ def test_force_clears_the_old_run_before_the_new_one_writes(tmp_path):
     results = strict_json(out / "results.json")
     assert config["lr"] == results["config"]["lr"] == 1e6 and results["status"] == "diverged"
     assert (out / "notes.txt").read_text() == "mine"
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != ".creditlab.json"]
     # the folder is one consistent run again: it can be started over, or resumed afresh
     assert train(tmp_path, "--epochs", "1", "--force") == 0
     assert train(tmp_path, "--epochs", "2", "--resume") == 0

@@ -37,7 +37,7 @@ from creditlab.errors import TrainingError, UsageError
 from creditlab.rules import DEFAULT_COMPARE_RULES, rule, rule_class
 from creditlab.speed.stacked_runs import StackedTrainer, members_that_fit
 from creditlab.speed.vmap_stack import StackError
-from creditlab.training import checkpoint, folders, settings
+from creditlab.training import checkpoint, folders, locks, settings
 from creditlab.training.trainer import (
     FREE_ON_RESUME,
     TrainConfig,
@@ -299,6 +299,7 @@ def compare(
             f"{out_dir / 'results.json'} is not a compare's results; choose another --out"
         )
     # `beside`: what a caller keeps in the same folder on purpose (a tune's trials and record).
+    beside = (*beside, *locks.OURS)  # and the folder's lock and kind (training/locks.py)
     others = [p for p in out_dir.iterdir() if p.name not in beside] if out_dir.is_dir() else []
     if previous is None and others:
         raise UsageError(

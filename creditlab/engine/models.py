@@ -1,6 +1,7 @@
 """Model descriptions as the command line writes them, turned into networks.
 
-- "mlp:800-800": a plain stack with those hidden sizes ("mlp:" alone is a linear model);
+- "mlp:800-800": a plain stack with those hidden sizes ("mlp:" or "mlp" alone is a linear
+  model);
 - "skip:256-256": every group reads the group below and the input, the output reads every
   hidden group (a DAG with skip connections and merges);
 - "lenet": LeNet-5 on the image (conv 6@5x5 with padding 2, max pool 2, conv 16@5x5, max pool
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 
 from creditlab.data.augment import image_shape_of
-from creditlab.engine import torch_models, zoo
+from creditlab.engine import memory, torch_models, zoo
 from creditlab.engine.network import Network, mlp, resolve_dtype
 from creditlab.errors import UsageError
 
@@ -94,8 +95,17 @@ def build_model(
         channels, types = CAPSNETS[model]
         return capsnet(image, n_outputs, channels, types, dtype, device, seed)
     kind, _, rest = model.partition(":")
-    if kind == "mlp" and _:
+    if model == "mlp":  # as "mlp:": no hidden group, a linear model
+        kind, _, rest = "mlp", ":", ""
+    if kind in ("mlp", "skip") and _:  # sizes checked before a byte is allocated
         sizes = [input_size, *_hidden_sizes(rest, model), n_outputs]
+        memory.check_model(
+            memory.dense_parameters(sizes, skip=kind == "skip"),
+            memory.torch_itemsize(resolve_dtype(dtype)),
+            f"model {model!r}",
+            str(device),
+        )
+    if kind == "mlp" and _:
         return mlp(sizes, activation, loss, "identity", dtype, device, seed, dropout, init)
     if kind == "skip" and _:
         return skip_network(

@@ -101,19 +101,39 @@ def load_run(run: str | Path) -> tuple[Network, dict]:
     config_path, best_path = run / "config.json", run / "best.pt"
     if not config_path.exists() or not best_path.exists():
         raise UsageError(f"{run} holds no finished training run (config.json and best.pt)")
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise UsageError(f"{config_path} is not a run's config ({err})") from None
     best = checkpoint.load(best_path)
+    missing = [key for key in ("network", "params") if not isinstance(best.get(key), dict)]
+    if missing or not isinstance(config, dict) or "dataset" not in config:
+        what = f"has no {', '.join(missing)}" if missing else f"{config_path} names no dataset"
+        raise UsageError(
+            f"{best_path} is not a training run's best checkpoint ({what}); `creditlab "
+            "capsules` draws from a `creditlab train` run of a capsule network"
+        )
     net = Network.from_spec(best["network"], dtype=config.get("dtype", "float32"))
     net.load_parameters(best["params"])
     return net, config
 
 
-def figure4(run: str | Path, out: str | Path | None = None, examples: int = 3) -> Path:
-    """Figure 4 of the CapsNet paper for the run in `run`; returns the PNG's path."""
+def figure4(
+    run: str | Path,
+    out: str | Path | None = None,
+    examples: int = 3,
+    data_dir: str | Path | None = None,
+) -> Path:
+    """Figure 4 of the CapsNet paper for the run in `run`; returns the PNG's path. The test
+    images come from `data_dir`, else from the folder the run recorded (when it is still
+    there), else from where any run would find them ($CREDITLAB_DATA, the cache)."""
     net, config = load_run(run)
     if reconstruction_output(net) is None:
         raise UsageError(f"the network of {run} has no reconstruction output to decode with")
-    data = load_dataset(config["dataset"], config.get("data_dir"), config.get("val_size"), False)
+    recorded = config.get("data_dir")
+    if data_dir is None and recorded and Path(recorded).is_dir():
+        data_dir = recorded
+    data = load_dataset(config["dataset"], data_dir, config.get("val_size"), False)
     shape = image_shape_of(tuple(data.image_shape), data.input_size)
     x = data.test_x.to(net.dtype)
     dims = net.groups[mask_group(net)].shape[1]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from creditlab.errors import UsageError
+from creditlab.training import folders, locks
 
 
 def _opts(items: list[str], flag: str) -> dict[str, str]:
@@ -129,11 +130,12 @@ def add_gan_options(p: argparse.ArgumentParser, pairs: bool = False) -> None:
 
 
 def config_from_args(args, rule_g: str, rule_d: str):
+    from creditlab.cli import data_dir_arg
     from creditlab.gan.loop import GanConfig
 
     return GanConfig(
         dataset=args.dataset,
-        data_dir=args.data_dir,
+        data_dir=data_dir_arg(args.data_dir),
         train_subset=args.train_subset,
         generator=args.generator,
         discriminator=args.discriminator,
@@ -162,17 +164,37 @@ def config_from_args(args, rule_g: str, rule_d: str):
     )
 
 
+def clear_gan_run(out: Path) -> None:
+    """--force: the old run's files go before the new run writes any (moved aside in one
+    rename each, then deleted), so the folder never mixes two runs' epochs and pictures."""
+    import shutil
+    import tempfile
+
+    present = [p for p in out.iterdir() if p.name not in locks.OURS and not p.name.startswith(".")]
+    if not present:
+        return
+    trash = Path(tempfile.mkdtemp(prefix=".old-run-", dir=out))
+    for path in present:
+        path.rename(trash / path.name)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def cmd_gan(args) -> int:
     from creditlab.gan.loop import train_gan
 
     torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
     config = config_from_args(args, args.rule_g, args.rule_d)
-    out = Path(args.out)
-    if (out / "checkpoint.pt").exists() and not (args.resume or args.force):
-        raise UsageError(
-            f"{out} already holds a run; pass --resume to continue it or --force to start over"
-        )
-    results = train_gan(config, out, resume=args.resume, progress=not args.quiet)
+    out = folders.out_path(args.out)
+    if args.resume and args.force:
+        raise UsageError("--resume continues a run and --force starts it over: pass only one")
+    with locks.hold(out, "gan"):
+        if (out / "checkpoint.pt").exists() and not (args.resume or args.force):
+            raise UsageError(
+                f"{out} already holds a run; pass --resume to continue it or --force to start over"
+            )
+        if args.force:
+            clear_gan_run(out)
+        results = train_gan(config, out, resume=args.resume, progress=not args.quiet)
     best = results["best_fid"]
     refs = results["references"]
     print(
@@ -184,35 +206,91 @@ def cmd_gan(args) -> int:
     for warning in results["warnings"]:
         print(f"warning: {warning}")
     print(f"report in {out / 'index.html'}")
-    return 0 if results["status"] == "finished" else 1
+    failure = learned_nothing(results)
+    if failure:
+        print(f"creditlab: the GAN learned nothing: {failure}; results kept", file=sys.stderr)
+        return 1
+    return 0
+
+
+# The judge's verdicts that mean no usable generator came out of a run (gan/loop.py warnings).
+FAILED_WARNINGS = ("mode collapse", "no digits learned")
+
+
+def learned_nothing(results: dict) -> str | None:
+    """Why a GAN run learned nothing, or None: it diverged, or at its best epoch (the one
+    `creditlab sample` draws from) the judge found no digits or a collapse onto few classes."""
+    if results["status"] != "finished":
+        return f"it {results['status']}" + (
+            f" ({results['message']})" if results.get("message") else ""
+        )
+    history = results.get("history") or []
+    if not history:
+        return "no epoch was trained"
+    epoch = results.get("best_epoch") or len(history)
+    record = history[min(epoch, len(history)) - 1]
+    bad = [w for w in record.get("warnings", []) if any(f in w for f in FAILED_WARNINGS)]
+    return f"at its best epoch ({epoch}) {'; '.join(bad)}" if bad else None
+
+
+# What a GAN's best.pt holds (gan/loop.py GanTrainer._save_best) that sampling reads.
+BEST_KEYS = ("network", "params", "latent", "image_shape", "epoch", "fid")
+SAMPLE_EXTENSIONS = (".npz",)  # the only format `sample` writes
 
 
 def cmd_sample(args) -> int:
+    from creditlab.engine import memory
     from creditlab.engine.network import Network
     from creditlab.gan.pictures import to_uint8
     from creditlab.training import checkpoint
 
     if args.n < 1:
         raise UsageError(f"--n must be a positive integer, got {args.n}")
-    best = Path(args.run) / "best.pt"
+    run = Path(args.run)
+    kind = locks.detect_kind(run)
+    if kind is not None and kind != "gan":
+        raise UsageError(
+            f"--run {run} holds a `creditlab {kind}` folder; `creditlab sample` draws images from "
+            "a `creditlab gan` run"
+        )
+    best = run / "best.pt"
     if not best.exists():
         raise UsageError(f"{args.run} holds no GAN run with a best checkpoint ({best} is missing)")
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UsageError(f"{out} exists; pass --force to overwrite it")
+    out = folders.out_path(args.out)
+    if out.suffix.lower() not in SAMPLE_EXTENSIONS:
+        raise UsageError(
+            f"--out {out}: sample writes a NumPy archive, so the name must end in "
+            f"{', '.join(SAMPLE_EXTENSIONS)}"
+        )
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; name the .npz file to write")
     state = checkpoint.load(best)
-    net = Network.from_spec(state["network"], dtype=torch.float32, device="cpu")
-    net.load_parameters({k: v.float() for k, v in state["params"].items()})
-    generator = torch.Generator().manual_seed(args.seed)
-    chunks = []
-    with torch.no_grad():
-        for a in range(0, args.n, 4096):
-            u = torch.randn(min(4096, args.n - a), state["latent"], generator=generator)
-            chunks.append(to_uint8(net.predict(u), state["image_shape"]))
-    images = torch.cat(chunks).numpy()
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, images=images)
-    checkpoint.atomic_write(out, lambda f: f.write(buffer.getvalue()))
+    missing = [key for key in BEST_KEYS if key not in state]
+    if missing:
+        raise UsageError(
+            f"{best} is not a GAN's best checkpoint (it has no {', '.join(missing)}); "
+            "`creditlab sample` draws images from a `creditlab gan` run"
+        )
+    pixels = 1
+    for size in state["image_shape"]:
+        pixels *= int(size)
+    # The uint8 images, a copy in the compressed archive at worst, and a float32 chunk.
+    memory.check_fits(2 * args.n * pixels + 4096 * pixels * 8, f"sample --n {args.n}")
+    with locks.hold(out.parent, "sample", foreign_ok=True):
+        if out.exists() and not args.force:
+            raise UsageError(f"{out} exists; pass --force to overwrite it")
+        net = Network.from_spec(state["network"], dtype=torch.float32, device="cpu")
+        net.load_parameters({k: v.float() for k, v in state["params"].items()})
+        generator = torch.Generator().manual_seed(args.seed)
+        chunks = []
+        with torch.no_grad():
+            for a in range(0, args.n, 4096):
+                u = torch.randn(min(4096, args.n - a), state["latent"], generator=generator)
+                chunks.append(to_uint8(net.predict(u), state["image_shape"]))
+        images = torch.cat(chunks).numpy()
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, images=images)
+        checkpoint.atomic_write(out, lambda f: f.write(buffer.getvalue()))
     print(
         f"wrote {images.shape[0]} images {images.shape[1:]} uint8 to {out} (key 'images'), from "
         f"epoch {state['epoch']} (classifier FID {state['fid']:.2f})"
@@ -227,10 +305,11 @@ def cmd_gan_compare(args) -> int:
     pairs = gan_compare.pair_list(args.rules)
     config = config_from_args(args, *pairs[0])
     seeds = gan_compare.seed_list(args.seeds, config.seed)
-    out = Path(args.out)
+    out = folders.out_path(args.out)
     print(f"comparing {', '.join('/'.join(p) for p in pairs)} on {len(seeds)} seed(s) in {out}")
     try:
-        record = gan_compare.compare(config, pairs, seeds, out, progress=not args.quiet)
+        with locks.hold(out, "gan-compare"):
+            record = gan_compare.compare(config, pairs, seeds, out, progress=not args.quiet)
     except KeyboardInterrupt:
         print(
             f"creditlab: interrupted; run the same command again to go on ({out})", file=sys.stderr
@@ -238,6 +317,14 @@ def cmd_gan_compare(args) -> int:
         return 130
     print(gan_compare.markdown_table(record))
     print(f"report in {out / 'index.html'}")
+    failures = [learned_nothing(run) for run in record["runs"]]
+    if all(failures):
+        print(
+            "creditlab: every run diverged or learned nothing (see the warnings above); results "
+            "kept",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -261,7 +348,9 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=10_000, help="how many images (default %(default)s)")
     p.add_argument("--out", required=True, help="the .npz file to write (array 'images', uint8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent draws")
-    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.add_argument(
+        "--force", action="store_true", help="overwrite --out if it is an earlier sample (.npz)"
+    )
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser(

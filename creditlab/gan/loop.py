@@ -40,7 +40,7 @@ from creditlab.gan import dcgan, pictures, scoring
 from creditlab.gan.losses import gan_loss
 from creditlab.optim import SGD, Optimizer, optimizer
 from creditlab.rules import DEFAULT_RULE, rule
-from creditlab.training import checkpoint
+from creditlab.training import checkpoint, guards
 from creditlab.training.loop import CHECK_EVERY, EpochLoop, batch_slice
 from creditlab.training.trainer import (
     TrainConfig,
@@ -315,6 +315,13 @@ class GanTrainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             checkpoint.write_json(self.out_dir / "config.json", self.config_record())
         record = self.train_epoch(self.epoch + 1)
+        kept = (  # every checkpoint holds finite weights (checked here), so the kept one is good
+            f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept"
+            if self.out_dir and self.epoch
+            else "no checkpoint was written"
+        )
+        guards.check_weights(self.G.parameters(), self.epoch + 1, kept)
+        guards.check_weights(self.D.parameters(), self.epoch + 1, kept)
         self.epoch += 1
         record.update(self.evaluate())
         record["warnings"] = self.warnings(record)

@@ -29,7 +29,7 @@ import torch
 
 from creditlab.data import Dataset
 from creditlab.engine.network import Network
-from creditlab.errors import CreditlabError
+from creditlab.errors import CreditlabError, MachineError, UsageError
 from creditlab.gan.fid import Gaussian, frechet_distance
 from creditlab.training import checkpoint
 
@@ -164,8 +164,8 @@ def load_judge(
             checkpoint.atomic_write(
                 folder / (file_name + ".sha256"), lambda f: f.write(f"{digest}\n".encode())
             )
-        except OSError:
-            continue  # a read-only folder: try the next place
+        except (OSError, MachineError):
+            continue  # a read-only or full folder: try the next place
         saved = folder / file_name
         break
     if saved is None:
@@ -197,6 +197,9 @@ def _train(data: Dataset, device: torch.device, progress: bool) -> dict[str, Any
     }
 
 
+JUDGE_KEYS = ("network", "params", "description", "test_accuracy")
+
+
 def _load_verified(path: Path, device: torch.device, log: Callable[[str], None]) -> Judge | None:
     sidecar = path.with_name(path.name + ".sha256")
     if not path.exists() or not sidecar.exists():
@@ -207,9 +210,12 @@ def _load_verified(path: Path, device: torch.device, log: Callable[[str], None])
         log(f"the cached judge {path} fails its checksum; training it again")
         return None
     try:
-        state = checkpoint.load(io.BytesIO(blob))
+        state = checkpoint.load(io.BytesIO(blob), name=path)  # read once, checked, named
+        missing = [k for k in JUDGE_KEYS if k not in state]
+        if missing:
+            raise UsageError(f"{path} is not a judge: it has no {', '.join(missing)}")
     except CreditlabError as err:
-        log(f"the cached judge {path} cannot be read ({err}); training it again")
+        log(f"the cached judge cannot be used ({err}); training it again")
         return None
     return _judge_from(state, path, digest, device)
 

@@ -10,6 +10,7 @@ saved in checkpoints through state_dict / load_state_dict.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -52,6 +53,10 @@ class Rule:
     # Training settings this rule learns well with (optimizer, lr, momentum, weight_decay,
     # schedule; see creditlab/training/settings.py); they apply wherever the user sets none.
     recommended: ClassVar[dict[str, Any]] = {}
+    # The same, per model family ("dense", "skip", "conv", "capsule"; training/settings.py
+    # family()), over `recommended`: a rule whose MLP settings fail on convolutions says here
+    # what works there (found by `creditlab tune`, docs/results/defaults.md).
+    recommended_for: ClassVar[dict[str, dict[str, Any]]] = {}
     options: ClassVar[dict[str, Option]] = {}
     # What a tune searches: name -> (low, high, "log" | "linear") or [choices], over the
     # options and the training settings (see rules/machinery/space.py).
@@ -226,6 +231,8 @@ def _coerce(rule: str, key: str, option: Option, value: Any) -> Any:
         result = float(value)
     else:
         raise UsageError(f"option {rule}.{key} needs a {option.type.__name__}, got {value!r}")
+    if option.type is float and not math.isfinite(result):  # es.sigma=inf would train on NaN
+        raise UsageError(f"option {rule}.{key} needs a finite number, got {result!r}")
     if option.choices is not None and result not in option.choices:
         raise UsageError(
             f"option {rule}.{key} must be one of {', '.join(map(str, option.choices))}, "

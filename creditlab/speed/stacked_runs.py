@@ -132,7 +132,13 @@ class StackedTrainer:
         while epoch < epochs and self.active:
             epoch += 1
             for k, record in self.train_epoch(epoch).items():  # the active members' records
-                self.trainers[k].finish_epoch(record)
+                try:
+                    self.trainers[k].finish_epoch(record)
+                except TrainingError as err:  # weights no longer finite: as its own run would
+                    t = self.trainers[k]
+                    self.diverged[k] = t._write_results(status="diverged", message=str(err))
+                    self.active.remove(k)
+                    self.log(f"{t.config.rule} seed {t.config.seed}: diverged: {err}")
         results.update(self.diverged)
         for k in self.active:
             results[k] = self.trainers[k].finish()

@@ -7,6 +7,7 @@ torch.load(weights_only=True), which refuses anything but tensors and plain cont
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -17,26 +18,37 @@ from typing import IO, Any
 
 import torch
 
-from creditlab.errors import CreditlabError, UsageError
+from creditlab.errors import CreditlabError, MachineError, UsageError
 
 FORMAT = 1  # bump when the checkpoint layout changes
+# Write failures that are the machine's fault (exit 1, MachineError), not the input's.
+MACHINE_FAULTS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO, errno.EACCES, errno.EPERM}
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call write(f) on a temporary file, then move it to `path` in one rename. The file gets
     the permissions open() would have given it (mkstemp's are owner-only)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.chmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in MACHINE_FAULTS:
+            # A full disk, a read-only file system: the machine's fault, said in one line with
+            # the path. The previous file at `path` is untouched.
+            raise MachineError(
+                f"cannot write {path}: {os.strerror(err.errno)}; the files written before are "
+                "intact"
+            ) from None
         raise
 
 
@@ -68,20 +80,27 @@ def save(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(
+    path: str | os.PathLike | IO[bytes],
+    map_location: str | torch.device = "cpu",
+    name: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """A checkpoint's contents; `name` is the file messages name when `path` is an in-memory
+    copy of it."""
+    name = path if name is None else name
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
-        raise CreditlabError(f"no checkpoint at {path}") from None
+        raise CreditlabError(f"no checkpoint at {name}") from None
     except Exception as err:  # a torn or foreign file: say so, never execute it
         # torch's own message advises loading with weights_only=False, which could run code
         # hidden in the file: it is not passed on.
         raise UsageError(
-            f"{path} is not a creditlab checkpoint, or it is damaged ({type(err).__name__} "
+            f"{name} is not a creditlab checkpoint, or it is damaged ({type(err).__name__} "
             "while reading it safely); move it away, or start the run over with --force"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a creditlab checkpoint of format {FORMAT}")
+        raise UsageError(f"{name} is not a creditlab checkpoint of format {FORMAT}")
     return state
 
 

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from creditlab.data.augment import parse_augment
 from creditlab.engine.devices import check_matmul_precision
 from creditlab.engine.network import resolve_dtype
@@ -104,7 +106,13 @@ class TrainConfig:
                 f"min_lr ({self.min_lr}) is above lr ({self.lr}): the cosine schedule would "
                 "raise the rate; give a min_lr <= lr"
             )
-        resolve_dtype(self.dtype)
+        largest = torch.finfo(resolve_dtype(self.dtype)).max
+        for name in ("lr", "min_lr", "weight_decay"):  # 1e39 is a float, but not a float32
+            value = getattr(self, name)
+            if isinstance(value, int | float) and value > largest:
+                raise UsageError(
+                    f"{name} {value:g} is beyond {self.dtype}'s range (largest {largest:.3g})"
+                )
         check_matmul_precision(self.matmul_precision)
         parse_augment(self.augment)
         parse_milestones(self.milestones)

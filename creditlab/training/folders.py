@@ -47,9 +47,13 @@ def check_writable(folder: Path, flag: str = "--out") -> None:
 
 
 def is_empty(folder: Path) -> bool:
-    """No files but, perhaps, the temporary files of an atomic write cut short by a crash."""
+    """No files but, perhaps, the temporary files of an atomic write cut short by a crash, and
+    the folder's lock and kind (training/locks.py)."""
+    from creditlab.training.locks import OURS
+
     return not any(
-        not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in folder.iterdir()
+        not (p.name.startswith(".") and p.name.endswith(".tmp")) and p.name not in OURS
+        for p in folder.iterdir()
     )
 
 

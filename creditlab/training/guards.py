@@ -74,3 +74,16 @@ def stalled_message(accuracy: float, chance: float, epochs: int, final: bool) ->
         + ADVICE
         + " A rate too small can stall a run as well as one too large."
     )
+
+
+def check_weights(params: dict[str, torch.Tensor], epoch: int, kept: str) -> None:
+    """Stop a run whose weights are no longer all finite at the end of an epoch: a loss measured
+    before the last update can be finite while the update overflowed. Such weights are never
+    written as a checkpoint, so "the last good checkpoint" is good."""
+    bad = [name for name, p in params.items() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise TrainingError(
+            f"training stopped: the weights of {', '.join(map(str, bad[:3]))}"
+            f"{' and others' if len(bad) > 3 else ''} became non-finite in epoch {epoch}: the run "
+            f"diverged; {kept}. {ADVICE}"
+        )

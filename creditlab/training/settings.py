@@ -26,16 +26,72 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+FAMILIES = ("dense", "skip", "conv", "capsule")
+CAPSULE_KINDS = ("primary_capsules", "capsules", "mask")
+
+
+def family_of(groups: list[tuple[str, int]]) -> str:
+    """The family of a network given each non-input group's (kind, number of inputs): capsule
+    when it has capsules, conv when it has convolutions or pooling, skip when a dense group
+    reads several groups, else dense."""
+    kinds = {kind for kind, _ in groups}
+    if kinds & set(CAPSULE_KINDS):
+        return "capsule"
+    if kinds - {"dense"}:
+        return "conv"
+    return "skip" if any(n > 1 for _, n in groups) else "dense"
+
+
+def family(net) -> str:
+    """The family of a built Network (engine/network.py), by the kinds of its groups."""
+    return family_of([(g.kind, len(g.ins)) for g in net.groups.values() if not g.is_input])
+
+
+def model_family(model: str) -> str:
+    """The family of the network a --model string names, without building it (the data, which
+    sets its sizes, may not be loaded yet)."""
+    from creditlab.engine.models import CAPSNETS
+
+    if model in CAPSNETS:
+        return "capsule"
+    if model == "lenet":
+        return "conv"
+    if model.startswith("skip:"):
+        return "skip"
+    if model.endswith(".json"):
+        import json
+        from pathlib import Path
+
+        try:
+            spec = json.loads(Path(model).read_text())
+            groups = [
+                (g.get("kind", "dense"), len(g.get("ins", [])))
+                for g in spec["groups"]
+                if g.get("ins")
+            ]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return "dense"  # an unreadable spec fails, with its message, when it is built
+        return family_of(groups)
+    return "dense"
+
+
+def recommended(rule_name: str, family_name: str = "dense") -> dict[str, Any]:
+    """The settings a rule recommends for a family of networks."""
+    cls = rule_class(rule_name)
+    return {**cls.recommended, **cls.recommended_for.get(family_name, {})}
+
+
 def resolve(config: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
-    """`config` with every unset recommendable setting filled in, and each one's source."""
-    recommended = rule_class(config.rule).recommended
+    """`config` with every unset recommendable setting filled in, and each one's source. The
+    rule's recommendation is the one for the model's family (model_family)."""
+    recommended_here = recommended(config.rule, model_family(config.model))
     values, sources = {}, {}
     for key, default in DEFAULTS.items():
         given = getattr(config, key)
         if given is not None:
             values[key], sources[key] = given, "user"
-        elif key in recommended:
-            values[key], sources[key] = recommended[key], "rule"
+        elif key in recommended_here:
+            values[key], sources[key] = recommended_here[key], "rule"
         else:
             values[key], sources[key] = default, "default"
     return dataclasses.replace(config, **values), sources

@@ -21,7 +21,7 @@ import torch
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.data.augment import augment, image_shape_of, parse_augment
-from creditlab.engine import torch_models
+from creditlab.engine import memory, torch_models
 from creditlab.engine.activations import activation as lookup_activation
 from creditlab.engine.devices import matmul_precision, resolve_device
 from creditlab.engine.losses import loss as lookup_loss
@@ -185,6 +185,7 @@ class Trainer:
             self.sources["output_init"] = "default"
         apply_output_init(self.net, config.output_init)
         self.rule.check(self.net)
+        memory.check_batch(self.net, min(config.batch_size, len(self.data.train_y)), self.device)
         self.params = self.net.parameters()
         self.compiled_step = self._compiled_step(compile)
         self.opt_state = self.opt.init(self.params)
@@ -291,10 +292,10 @@ class Trainer:
         while self.epoch < last and not self._patience_ran_out():
             try:
                 record = self.train_epoch(self.epoch + 1)
+                self.finish_epoch(record)
             except TrainingError as err:
                 self._write_results(status="diverged", message=str(err))
                 raise
-            self.finish_epoch(record)
         if self.epoch < config.epochs and not self._patience_ran_out():
             return {"status": "paused", "epochs": self.epoch, "history": self.history}
         return self.finish()
@@ -320,7 +321,10 @@ class Trainer:
 
     def finish_epoch(self, record: dict[str, Any]) -> None:
         """Book an epoch's record: history, the best model so far, the stall warning after the
-        first epoch, the checkpoint."""
+        first epoch, the checkpoint. Weights that are no longer finite (a last update that
+        overflowed) stop the run before they are booked: every checkpoint holds finite weights,
+        so the one kept is good."""
+        guards.check_weights(self.net.parameters(), self.epoch + 1, self._kept())
         self.epoch += 1
         self.history.append(record)
         if record["val_accuracy"] > self.best["val_accuracy"]:
@@ -415,13 +419,17 @@ class Trainer:
 
     def _check_finite(self, losses: Tensor, first: int, last: int, epoch: int) -> None:
         """Stop on a non-finite or exploding loss (guards.py), saying what is kept on disk."""
-        kept = (
+        kept = self._kept()
+        reference = math.nan if self.loss_reference is None else self.loss_reference
+        guards.check_losses(losses, first, last, epoch, reference, kept)
+
+    def _kept(self) -> str:
+        # Every checkpoint written holds finite weights (finish_epoch checks them first).
+        return (
             f"the last good checkpoint ({self.checkpoint_path}, epoch {self.epoch}) is kept"
             if self.out_dir and self.epoch
             else "no checkpoint was written"
         )
-        reference = math.nan if self.loss_reference is None else self.loss_reference
-        guards.check_losses(losses, first, last, epoch, reference, kept)
 
     def _sync(self) -> None:
         synchronize(self.device)

@@ -78,6 +78,7 @@ class RayPool:
         self.workers = workers or os.cpu_count() or 1
         self.cpus_per_job, self.gpus_per_job = cpus_per_job, gpus_per_job
         self.started = False
+        self.watchdog: Any = None  # tune/watchdog.py, for a local Ray
         self.pending: dict[Any, Any] = {}  # Ray object reference -> the job's key
         if address is None:
             self.description = f"a local Ray with {self.workers} worker(s)"
@@ -106,6 +107,10 @@ class RayPool:
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise UsageError(f"cannot start or reach {self.description}: {err}") from None
         self.started = True
+        if address is None:  # Ray's local processes stop with us, even after a kill -9
+            from creditlab.tune import watchdog
+
+            self.watchdog = watchdog.start_for(os.getpid())
         where = self.description
         cpus = ray.cluster_resources().get("CPU", 1)
         gpus = ray.cluster_resources().get("GPU", 0)
@@ -150,6 +155,10 @@ class RayPool:
         if self.started:
             self.ray.shutdown()
             self.started = False
+        if self.watchdog is not None:  # Ray is down: nothing left for it to stop
+            self.watchdog.terminate()
+            self.watchdog.wait()
+            self.watchdog = None
 
 
 def open_pool(
