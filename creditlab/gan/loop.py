@@ -60,7 +60,7 @@ D_LOSS_FLOOR = 0.01  # D's mean loss below this for an epoch: D wins, G learns n
 class GanConfig:
     """Everything that decides a GAN run; written to config.json and checked on --resume."""
 
-    dataset: str = "mnist"
+    dataset: str = "digits"  # as train, compare and tune
     data_dir: str | None = None
     train_subset: int | None = None
     generator: str = "mlp:256-512-1024"

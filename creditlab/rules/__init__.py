@@ -41,7 +41,7 @@ GRADIENT_RULE = "bp"
 # What `creditlab compare` compares when no rules are named.
 DEFAULT_COMPARE_RULES = ("bp", "fa", "dfa", "dni")
 # What `creditlab tune` searches when no rules are named.
-DEFAULT_TUNE_RULES = ("bp", "fa")
+DEFAULT_TUNE_RULES = DEFAULT_COMPARE_RULES  # one default for both
 # What `creditlab gan-compare` compares when no pairs are named: generator/discriminator rules.
 DEFAULT_GAN_PAIRS = ("bp/bp", "fa/fa", "dfa/dfa", "usf/usf")
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from creditlab.data.augment import parse_augment
-from creditlab.engine.devices import check_matmul_precision
+from creditlab.engine.devices import MATMUL_PRECISIONS, check_matmul_precision
 from creditlab.engine.network import resolve_dtype
 from creditlab.errors import UnknownNameError, UsageError
 from creditlab.optim import OPTIMIZERS, SCHEDULES, parse_milestones
@@ -24,51 +25,141 @@ from creditlab.training.output_init import check_output_init
 # Seeds are mixed as seed * 1_000_003 + small offsets into 64-bit generator seeds: keep them small
 # enough that this cannot overflow.
 MAX_SEED = 2**32 - 1
+# Settings a rule may recommend are unset (None) until training/settings.py fills them in.
+RECOMMENDED = "the rule's recommendation (see `creditlab rules`), else {}"
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    names: Callable[[], Iterable[str]] | None = None,
+    default_text: str | None = None,
+    choices: Sequence[str] | None = None,
+    cli: bool = True,
+) -> Any:
+    """A config field with its command-line help: `names` lists the valid values (read from a
+    registry when the parser is built), `default_text` says what an unset (None) value means,
+    `choices` restricts the values, and cli=False keeps the field off the command line."""
+    metadata = {"help": help, "names": names, "default_text": default_text}
+    metadata.update(choices=choices, cli=cli)
+    return field(default=default, metadata=metadata)
+
+
+def _dataset_names() -> Iterable[str]:
+    from creditlab.data import DATASETS
+
+    return DATASETS
+
+
+def _model_names() -> Iterable[str]:
+    from creditlab.engine.models import MODEL_KINDS
+
+    return MODEL_KINDS
+
+
+def _activation_names() -> Iterable[str]:
+    from creditlab.engine.activations import ACTIVATIONS
+
+    return ACTIVATIONS
+
+
+def _loss_names() -> Iterable[str]:
+    from creditlab.engine.losses import LOSSES
+
+    return LOSSES
 
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a run; written to config.json and checked on --resume."""
+    """Everything that decides a run; written to config.json and checked on --resume.
 
-    dataset: str = "digits"
-    data_dir: str | None = None
-    val_size: int | None = None
-    train_subset: int | None = None  # use only the first n training examples
-    model: str = "mlp:256-256"
-    activation: str = "relu"
-    loss: str = "cross_entropy"
-    init: str | None = None
+    Each field's `option(...)` metadata is its command-line help: `creditlab train`, `compare`
+    and `tune` generate their options from these fields (cli/options.py), so a new field is a
+    new option, with its default, in one place."""
+
+    dataset: str = option("digits", "the data set", names=_dataset_names)
+    data_dir: str | None = option(
+        None, "folder holding the dataset's files", default_text="$CREDITLAB_DATA, else a cache"
+    )
+    val_size: int | None = option(
+        None,
+        "validation examples carved from the end of the training set",
+        default_text="10,000 for MNIST, 5,000 for CIFAR, 180 for digits, 10,000 or a sixth for "
+        "idx:PATH",
+    )
+    train_subset: int | None = option(
+        None, "train on the first N training examples only", default_text="all"
+    )
+    model: str = option(
+        "mlp:256-256",
+        "the network (torch:PATH.py:FACTORY RUNS THE CODE IN PATH.py and trains the torch.nn "
+        "module its function FACTORY returns; it gets (N, C, H, W) batches and must give "
+        "(N, classes))",
+        names=_model_names,
+    )
+    activation: str = option("relu", "hidden activation", names=_activation_names)
+    loss: str = option("cross_entropy", "the loss on the output", names=_loss_names)
+    init: str | None = option(
+        None, "initialisation: glorot or he", default_text="by activation: he for relu"
+    )
     # The prediction group's weights at the start: "random" (as drawn) or "zero"
     # (training/output_init.py); None: unset, as the optimiser settings below.
-    output_init: str | None = None
-    dropout: float = 0.0
-    augment: str | None = None  # "shift:K", "crop:P", "flip" or a list: data/augment.py
-    rule: str = DEFAULT_RULE
-    rule_opts: dict[str, Any] = field(default_factory=dict)
+    output_init: str | None = option(
+        None,
+        "the output layer's weights at the start: random (as drawn) or zero",
+        default_text=RECOMMENDED.format("random"),
+    )
+    dropout: float = option(0.0, "dropout probability on hidden groups")
+    augment: str | None = option(
+        None,
+        "training batches: shift:K (random shifts of up to K pixels), crop:P (random crops of "
+        "the image padded by P), flip (random mirror images), or several, e.g. crop:4,flip",
+        default_text="none",
+    )
+    rule: str = option(DEFAULT_RULE, "the learning rule", cli=False)
+    rule_opts: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
     # None: unset, to be filled from the rule's recommendation or the default (settings.py).
-    optimizer: str | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    nesterov: bool = False
-    weight_decay: float | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str | None = None
-    warmup_epochs: float = 0.0
-    step_epochs: int = 10
-    milestones: str | None = None  # "step": decay at these epochs, e.g. "100,150,200"
-    gamma: float = 0.1
-    min_lr: float = 0.0
-    epochs: int = 20
-    batch_size: int = 32
-    patience: int | None = None  # stop after this many epochs without a better val accuracy
-    probe_every: int = 50  # steps between alignment probes (0: none)
-    probe_size: int = 256  # examples in the fixed probe batch (the first of the training set)
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "float32"
+    optimizer: str | None = option(
+        None, "optimiser: sgd, adam or adamw", default_text=RECOMMENDED.format("sgd")
+    )
+    lr: float | None = option(None, "learning rate", default_text=RECOMMENDED.format(0.05))
+    momentum: float | None = option(None, "SGD's momentum", default_text=RECOMMENDED.format(0.9))
+    nesterov: bool = option(False, "Nesterov momentum for SGD")
+    weight_decay: float | None = option(None, "weight decay", default_text=RECOMMENDED.format(0))
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam's betas", cli=False)
+    schedule: str | None = option(
+        None,
+        "learning-rate schedule: constant, step or cosine",
+        default_text=RECOMMENDED.format("constant"),
+    )
+    warmup_epochs: float = option(0.0, "epochs of linear warm-up of the learning rate")
+    step_epochs: int = option(10, "step schedule: epochs between decays")
+    milestones: str | None = option(
+        None,
+        "step schedule: decay at these epochs instead, e.g. 100,150,200 (as MultiStepLR)",
+        default_text="every --step-epochs",
+    )
+    gamma: float = option(0.1, "step schedule: decay factor")
+    min_lr: float = option(0.0, "cosine schedule: final rate")
+    epochs: int = option(20, "epochs of training")
+    batch_size: int = option(32, "examples per mini-batch")
+    patience: int | None = option(
+        None, "stop after N epochs without a better validation accuracy", default_text="never"
+    )
+    probe_every: int = option(50, "steps between alignment probes against bp's gradient, 0: none")
+    probe_size: int = option(256, "examples in the fixed probe batch")
+    seed: int = option(0, "seed of the initial weights, the batches and the rule's randomness")
+    device: str = option("auto", "auto (cuda if there is a GPU), cpu, cuda or cuda:N")
+    dtype: str = option("float32", "float32 or float64")
     # torch.set_float32_matmul_precision during the run: "highest" (strict float32), "high"
     # (TF32 on NVIDIA Ampere and later), "medium"; the process's setting is restored after.
-    matmul_precision: str = "highest"
+    matmul_precision: str = option(
+        "highest",
+        "float32 matrix products: highest (strict float32), high (TF32 tensor cores on NVIDIA "
+        "Ampere and later), medium (down to bfloat16)",
+        choices=MATMUL_PRECISIONS,
+    )
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):

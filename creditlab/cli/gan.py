@@ -1,6 +1,7 @@
 """The command line of GANs: `creditlab gan`, `creditlab sample` and `creditlab gan-compare`.
 
-cli.py registers these subcommands with `register(sub)`; their options and handlers live here.
+cli/main.py registers these subcommands with `register(sub)`; their options and handlers live
+here.
 """
 
 from __future__ import annotations
@@ -114,23 +115,25 @@ def add_gan_options(p: argparse.ArgumentParser, pairs: bool = False) -> None:
     p.add_argument(
         "--momentum", type=float, default=d.momentum, help="sgd's momentum (default %(default)s)"
     )
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="weight decay")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs of training")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per batch")
     p.add_argument(
         "--eval-samples",
         type=int,
         default=d.eval_samples,
         help="generated images judged per epoch (default %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the weights, batches and latents"
+    )
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
     p.add_argument("--dtype", default=d.dtype, help="float32 or float64")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def config_from_args(args, rule_g: str, rule_d: str):
-    from creditlab.cli import data_dir_arg
+    from creditlab.cli.options import data_dir_arg
     from creditlab.gan.loop import GanConfig
 
     return GanConfig(
