@@ -61,7 +61,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=d.model,
-        help="mlp:H1-H2, skip:H1-H2 or a JSON spec (default %(default)s)",
+        help="mlp:H1-H2, skip:H1-H2, lenet, a JSON spec, or torch:PATH.py:FACTORY, your own "
+        "torch.nn.Module from the function FACTORY in PATH.py: THE FILE'S CODE RUNS; the module "
+        "gets (N, C, H, W) batches and must give (N, classes) (default %(default)s)",
     )
     p.add_argument(
         "--activation", default=d.activation, help="hidden activation (default %(default)s)"

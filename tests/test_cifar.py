@@ -429,3 +429,30 @@ def test_train_on_a_tiny_cifar10_from_the_command_line(cifar10_dir, tmp_path, ca
     results = json.loads((run / "results.json").read_text())
     # Chance is 10%; the classes differ by a bright band, which crops move by up to 4 rows.
     assert results["test_accuracy"] >= 0.5, results["test_accuracy"]
+
+
+def test_a_download_is_verified_before_it_is_moved_into_the_cache(tmp_path, monkeypatch):
+    """A mirror as a file:// URL (no network): the tarball is fetched into the cache only if its
+    MD5 matches, and a bad one leaves nothing behind."""
+    mirror = tmp_path / "mirror"
+    write_cifar10(mirror)
+    source = cifar.SOURCES["cifar10"]
+    tarball = tarball_of(mirror, source)
+    table = checksum_table(tmp_path, monkeypatch, source, mirror / source.folder, tarball)
+    cache = tmp_path / "cache" / "creditlab" / "cifar10"
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / source.tarball).write_bytes(tarball.read_bytes()[:-1])  # one byte short
+    monkeypatch.setenv(cifar.MIRRORS_ENV, bad.as_uri())
+    with pytest.raises(
+        DataError, match=rf"bad download: MD5 [0-9a-f]+, expected {table[source.tarball]}"
+    ):
+        load_dataset("cifar10", tmp_path / "nothing", val_size=40, progress=False)
+    assert not cache.exists() or not any(cache.iterdir())  # no tarball, no partial file
+
+    monkeypatch.setenv(cifar.MIRRORS_ENV, f"{bad.as_uri()},{mirror.as_uri()}")  # the next mirror
+    data = load_dataset("cifar10", tmp_path / "nothing", val_size=40, progress=False)
+    assert len(data.test_y) == PER_BATCH
+    assert sorted(p.name for p in cache.iterdir()) == [source.folder, source.tarball]
+    assert md5(cache / source.tarball) == table[source.tarball]

@@ -40,7 +40,7 @@ def test_train_with_no_options_learns_digits(tmp_path):
         ("--activation", "swish", "valid activations: elu, gelu"),
         ("--loss", "hinge", "valid losses: bce, cross_entropy, mse"),
         ("--optimizer", "rmsprop", "valid optimizers: adam, adamw, sgd"),
-        ("--dataset", "cifar10", "valid datasets: digits, idx:PATH, mnist"),
+        ("--dataset", "svhn", "valid datasets: cifar10, cifar100, cifar100:coarse, digits, idx"),
         ("--schedule", "cyclic", "valid schedules: constant, cosine, step"),
         ("--model", "cnn:5", "valid models"),
         ("--device", "tpu", "unknown device"),

@@ -44,7 +44,7 @@ BAD = {
     "--schedule": ["cyclic"],
     "--activation": ["swish"],
     "--loss": ["hinge"],
-    "--dataset": ["cifar10", "idx:"],
+    "--dataset": ["svhn", "idx:"],
     "--out": [""],
 }
 BAD_COMPARE = {

@@ -1,4 +1,4 @@
-"""Data sets as ready-to-use tensors: MNIST, scikit-learn's digits, and any MNIST-like IDX folder.
+"""Data sets as ready-to-use tensors: MNIST, scikit-learn's digits, IDX folders, CIFAR-10/100.
 
 Every data set comes as a Dataset with train, validation and test splits. The validation split
 is always carved from the END of the training data, so the test set is never touched while
@@ -26,7 +26,8 @@ MNIST_VAL_SIZE = 10_000
 
 @dataclass(repr=False)
 class Dataset:
-    """Train / validation / test splits; x is float32 (N, D) in [0, 1], y is int64 labels."""
+    """Train / validation / test splits; x is float32 (N, D) in [0, 1] (CIFAR: normalised per
+    channel), y is int64 labels."""
 
     name: str  # "mnist", "digits", "idx:/path"
     train_x: torch.Tensor

@@ -415,7 +415,7 @@ def channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
         n = counts.sum()
         mean = (counts * values).sum() / n
         var = (counts * (values - mean) ** 2).sum() / n
-        means.append(mean / 255)
+        means.append(float(mean) / 255)
         # A channel that never varies (only in hand-made data) is shifted but not scaled.
         stds.append(float(np.sqrt(var)) / 255 if var > 0 else 1.0)
     return tuple(means), tuple(stds)

@@ -10,6 +10,10 @@
   8-D capsules, 9x9, stride 2; DigitCaps one 16-D capsule per class, 3 routing iterations, margin
   loss; a decoder 512-1024-image reading the masked digit capsules, reconstruction loss weighted
   0.0005); "capsnet:small" is the same with 64 conv1 channels and 8 primary types, for CPUs;
+- "resnet20" and "vgg:small": He et al.'s CIFAR ResNet-20 and a small VGG, both with batch
+  norm (see engine/zoo.py);
+- "torch:PATH.py:FACTORY": the torch.nn.Module a function in a Python file returns, converted
+  (engine/torch_models.py; the file's code runs);
 - a path to a JSON file holding a network spec (see Network.from_spec); its input and output
   groups may give "size": "auto" to take the dataset's input size and number of classes.
 """
@@ -23,11 +27,22 @@ from pathlib import Path
 import torch
 
 from creditlab.data.augment import image_shape_of
-from creditlab.engine import memory
+from creditlab.engine import memory, torch_models, zoo
 from creditlab.engine.network import Network, mlp, resolve_dtype
 from creditlab.errors import UsageError
 
-MODEL_KINDS = ("mlp:H1-H2-...", "skip:H1-H2-...", "lenet", "capsnet", "capsnet:small", "PATH.json")
+MODEL_KINDS = (
+    "mlp:H1-H2-...",
+    "skip:H1-H2-...",
+    "lenet",
+    "capsnet",
+    "capsnet:small",
+    "resnet20",
+    "vgg:small",
+    "PATH.json",
+    torch_models.FORMAT,
+)
+IMAGE_PRESETS = {"resnet20": zoo.resnet20, "vgg:small": zoo.vgg_small}
 # conv1 channels and primary capsule types of the capsule networks
 CAPSNETS = {"capsnet": (256, 32), "capsnet:small": (64, 8)}
 
@@ -63,6 +78,16 @@ def build_model(
 ) -> Network:
     """The network `model` names, for inputs of `input_size` (images of `image_shape`, (H, W)
     or (C, H, W), for the convolutional models) and `n_outputs` classes."""
+    if torch_models.is_torch_model(model):  # the module decides its layers and their init
+        if init is not None or dropout:
+            raise UsageError(f"--init and --dropout do not apply to {model}: the module sets them")
+        dtype = resolve_dtype(dtype)
+        return torch_models.build(
+            model, input_size, n_outputs, loss, dtype, device, seed, image_shape
+        )
+    if model in IMAGE_PRESETS:
+        image = _image(model, input_size, image_shape)
+        return IMAGE_PRESETS[model](image, n_outputs, dtype, device, seed)
     if model in ("lenet", *CAPSNETS):
         image = _image(model, input_size, image_shape)
         if model == "lenet":

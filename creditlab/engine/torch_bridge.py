@@ -27,6 +27,7 @@ masks are drawn by the network's own generator).
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from creditlab.engine.activations import LEAKY_SLOPE
 from creditlab.engine.activations import activation as lookup_activation
-from creditlab.engine.network import DTYPES, Network, bias_name
+from creditlab.engine.network import DTYPES, Network, bias_name, weight_name
 from creditlab.errors import CreditlabError, UsageError
 
 Tensor = torch.Tensor
@@ -179,9 +180,11 @@ def _propagate_shapes(gm: fx.GraphModule, module: nn.Module, example: Tensor) ->
         with torch.no_grad():
             ShapeProp(gm).propagate(example)
     except Exception as err:
+        cause = err.__cause__ or err  # ShapeProp wraps the module's own error
+        text = str(cause).splitlines()[0] if str(cause) else ""
         raise UsageError(
             f"{type(module).__name__} fails on the example input of shape "
-            f"{tuple(example.shape)}: {type(err).__name__}: {err}"
+            f"{tuple(example.shape)}: {type(cause).__name__}: {text}"
         ) from None
     finally:
         for m, training in modes.items():
@@ -205,6 +208,11 @@ class _Converter:
                 f"parameters {dtype} on {device}; give an input of the module's dtype and device"
             )
         self.gm = _trace(module)
+        for node in self.gm.graph.nodes:  # refuse what is unsupported before running it
+            if not self._supported(node):
+                raise UsageError(
+                    f"cannot convert {self._describe(node)}: not supported. Supported: {SUPPORTED}"
+                )
         _propagate_shapes(self.gm, module, example)
         self.net = Network(dtype=dtype, device=str(device), seed=seed)
         self.value: dict[fx.Node, str] = {}  # node -> the group whose activity it is
@@ -230,6 +238,19 @@ class _Converter:
                 raise UsageError(f"cannot convert {self._describe(node)}: {err}") from None
         self._finish(output, loss)
 
+    def _supported(self, node: fx.Node) -> bool:
+        """Whether the node is of a supported module type, function or method (its settings
+        and shapes are checked later, when it is converted)."""
+        if node.op in ("placeholder", "output"):
+            return True
+        if node.op == "call_module":
+            return type(self.gm.get_submodule(node.target)) in MODULES
+        if node.op == "call_function":
+            return node.target in FUNCTIONS
+        if node.op == "call_method":
+            return node.target in METHODS
+        return False
+
     # ---- naming and describing ------------------------------------------------------------
     def _describe(self, node: fx.Node) -> str:
         if node.op == "call_module":
@@ -244,6 +265,16 @@ class _Converter:
         else:
             what = node.op
         return f"node {node.name!r}, {what}"
+
+    def _name(self, node: fx.Node) -> str:
+        """A new group's name: its module's path for a module (features.6), else the path of
+        the module whose forward made it and the operation (layer1.0.add), made unique."""
+        if node.op == "call_module":
+            return self._fresh(node.target)
+        stack = node.meta.get("nn_module_stack") or {}
+        path = list(stack.values())[-1][0] if stack else ""
+        base = re.sub(r"_\d+$", "", node.name)
+        return self._fresh(f"{path}.{base}" if path else base)
 
     def _fresh(self, base: str) -> str:
         name, k = base, 1
@@ -308,7 +339,7 @@ class _Converter:
         ):
             group.act = lookup_activation(act)
             return i
-        return self.net.add(i, activation=act, name=self._fresh(node.name)).name
+        return self.net.add(i, activation=act, name=self._name(node)).name
 
     def _dropout(self, node: fx.Node, p: float) -> str:
         i = self._input(node)
@@ -318,7 +349,7 @@ class _Converter:
         if not group.is_input and group.dropout == 0.0 and self._alone(i, node):
             group.dropout = float(p)
             return i
-        return self.net.add(i, name=self._fresh(node.name), dropout=float(p)).name
+        return self.net.add(i, name=self._name(node), dropout=float(p)).name
 
     def _flat_alias(self, node: fx.Node) -> str:
         """A value that is the group's activity flattened to (N, features): the same group."""
@@ -345,7 +376,7 @@ class _Converter:
                 f"it adds values of shapes {self._shape(a)} and {self._shape(b)}; a residual "
                 "addition needs the same shape (no broadcasting)"
             )
-        return self.net.add([ga, gb], name=self._fresh(node.name)).name
+        return self.net.add([ga, gb], name=self._name(node)).name
 
     def _pool(self, node: fx.Node, mode: str, kernel, stride, padding, ceil, extra_ok) -> str:
         i = self._image_input(node)
@@ -356,7 +387,7 @@ class _Converter:
                 "only pooling without padding, ceil_mode=False, dilation 1 and no "
                 "divisor_override is supported"
             )
-        return self.net.pool(i, k, kind=mode, stride=s, name=self._fresh(node.name)).name
+        return self.net.pool(i, k, kind=mode, stride=s, name=self._name(node)).name
 
     # ---- the nodes ------------------------------------------------------------------------
     def _convert(self, node: fx.Node) -> None:
@@ -500,7 +531,7 @@ class _Converter:
         if output_size not in (1, (1, 1), [1, 1]):
             raise _Refusal(f"adaptive average pooling to {output_size}: only to 1 is supported")
         i = self._image_input(node)
-        return self.net.global_pool(i, name=self._fresh(node.name)).name
+        return self.net.global_pool(i, name=self._name(node)).name
 
     def _function(self, node: fx.Node) -> str:
         f = node.target
@@ -606,6 +637,43 @@ class _Converter:
         self.net.output(o, loss=loss)
 
 
+MODULES = {
+    nn.Linear,
+    nn.Conv2d,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Identity,
+    nn.Dropout,
+    *ACTIVATION_MODULES,
+}
+FUNCTIONS = {
+    *ACTIVATION_FUNCTIONS,
+    *ADDS,
+    torch.flatten,
+    getattr,
+    operator.getitem,
+    F.adaptive_avg_pool2d,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.dropout,
+}
+METHODS = {
+    *ACTIVATION_METHODS,
+    "size",
+    "view",
+    "reshape",
+    "flatten",
+    "contiguous",
+    "add",
+    "add_",
+    "mean",
+}
+
+
 def _is_size_read(node: fx.Node) -> bool:
     """x.size(...) and x.shape read only the shape of x, not its values."""
     if node.op == "call_method" and node.target == "size":
@@ -614,16 +682,35 @@ def _is_size_read(node: fx.Node) -> bool:
 
 
 def _function_name(f: Any) -> str:
-    module = getattr(f, "__module__", None) or ""
-    name = getattr(f, "__qualname__", None) or getattr(f, "__name__", repr(f))
-    if module in ("_operator", "operator"):
-        return f"operator.{name}"
-    if module.startswith("torch") or f in vars(torch).values():
-        return f"torch.{name}" if not module.startswith("torch.nn") else f"{module}.{name}"
+    """How a user would write the function: torch.sin, torch.nn.functional.softmax, ..."""
+    name = getattr(f, "__name__", None) or repr(f)
+    for prefix, namespace in (
+        ("torch.nn.functional", F),
+        ("torch", torch),
+        ("operator", operator),
+    ):
+        if getattr(namespace, name, None) is f:
+            return f"{prefix}.{name}"
+    module = getattr(f, "__module__", None)
     return f"{module}.{name}" if module else name
 
 
-PARAMETERISED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
+def parameter_names(net: Network) -> dict[str, tuple[str, bool]]:
+    """For a network converted by from_torch: each of its parameters and buffers by the
+    engine's name -> (the module's state_dict key, whether the engine holds it transposed).
+    A Linear's W_ij is its weight transposed (the engine multiplies from the left)."""
+    names: dict[str, tuple[str, bool]] = {}
+    for j, group in net.groups.items():
+        if group.is_input or group.kind not in ("dense", "conv", "batch_norm"):
+            continue
+        (i,) = group.ins
+        names[weight_name(i, j)] = (f"{j}.weight", group.kind == "dense")
+        if j in net.b:
+            names[bias_name(j)] = (f"{j}.bias", False)
+        if group.kind == "batch_norm":
+            for key in ("running_mean", "running_var", "num_batches_tracked"):
+                names[f"{key}[{j}]"] = (f"{j}.{key}", False)
+    return names
 
 
 def to_torch(net: Network, module: nn.Module) -> nn.Module:

@@ -102,6 +102,11 @@ class Rule:
                     f"rule {self.name!r} trains dense groups only; group {j!r} is {kind} "
                     f"(rules for every kind: {rules_that(lambda r: r.any_kind)})"
                 )
+            if not net.kind(j).has_bias(net.groups[j]):
+                raise UsageError(
+                    f"rule {self.name!r} trains dense groups with biases only; group {j!r} has "
+                    "none (built with bias=False)"
+                )
         if len(net.outputs) > 1:
             names = ", ".join(o.name for o in net.outputs)
             raise UsageError(

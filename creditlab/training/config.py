@@ -16,8 +16,8 @@ import torch
 from creditlab.data.augment import parse_augment
 from creditlab.engine.devices import check_matmul_precision
 from creditlab.engine.network import resolve_dtype
-from creditlab.errors import UsageError
-from creditlab.optim import parse_milestones
+from creditlab.errors import UnknownNameError, UsageError
+from creditlab.optim import OPTIMIZERS, SCHEDULES, parse_milestones
 from creditlab.rules import DEFAULT_RULE
 from creditlab.training.output_init import check_output_init
 
@@ -116,6 +116,11 @@ class TrainConfig:
         check_matmul_precision(self.matmul_precision)
         parse_augment(self.augment)
         parse_milestones(self.milestones)
+        # Names refused here, before any data is read or any network is built.
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise UnknownNameError("optimizer", self.optimizer, OPTIMIZERS)
+        if self.schedule is not None and self.schedule not in SCHEDULES:
+            raise UnknownNameError("schedule", self.schedule, SCHEDULES)
         if self.output_init is not None:
             check_output_init(self.output_init)
         self.betas = tuple(self.betas)

@@ -17,7 +17,7 @@ from pathlib import Path
 from creditlab.errors import UsageError
 
 TRAIN_KIND = "creditlab-train"
-RUN_FILES = ("checkpoint.pt", "best.pt", "results.json", "config.json")
+RUN_FILES = ("checkpoint.pt", "best.pt", "module.pt", "results.json", "config.json")
 
 
 def out_path(text: str | os.PathLike, flag: str = "--out") -> Path:

@@ -21,7 +21,7 @@ import torch
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.data.augment import augment, image_shape_of, parse_augment
-from creditlab.engine import memory
+from creditlab.engine import memory, torch_models
 from creditlab.engine.activations import activation as lookup_activation
 from creditlab.engine.devices import matmul_precision, resolve_device
 from creditlab.engine.losses import loss as lookup_loss
@@ -489,6 +489,11 @@ class Trainer:
             write_reconstructions(
                 self.net, data.test_x, data.image_shape, self.out_dir / "recon.png"
             )
+            if torch_models.is_torch_model(self.config.model):  # the user's module, trained
+                module_path = self.out_dir / "module.pt"
+                torch_models.write_module(
+                    self.config.model, self.net, module_path, self.config.seed
+                )
             self.net.load_parameters(current)
             checkpoint.write_json(self.out_dir / "results.json", results)
         return results
