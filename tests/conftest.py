@@ -88,3 +88,13 @@ def straight_and_resumed(make_config, tmp_path, data, monkeypatch, stop_at: int 
     assert resumed.restore()
     assert resumed.epoch == stop_at - 1
     return straight, expected, resumed, resumed.fit()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run only when CREDITLAB_SLOW=1 (CI runs plain pytest: a sample)."""
+    if os.environ.get("CREDITLAB_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow; set CREDITLAB_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
