@@ -214,7 +214,7 @@ def stacked_rule(rules: Sequence[Rule], nets: Sequence[Network]) -> StackedRule 
     names = sorted({r.name for r in rules})
     if any(g.dropout > 0 for g in nets[0].groups.values()):
         return "dropout draws from each network's own generator inside the step"
-    if all(isinstance(r, FeedbackRule) for r in rules):
+    if all(isinstance(r, FeedbackRule) and r.feedback_before_step for r in rules):
         return GivenFeedback(rules, nets)
     if len(names) > 1:
         return f"rules {', '.join(names)} do not share one arithmetic shape"

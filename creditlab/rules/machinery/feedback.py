@@ -24,6 +24,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
@@ -246,6 +247,11 @@ class FeedbackRule(SweepSignals, Rule):
         raise NotImplementedError
 
     any_kind = True
+    # Whether a step's B is known before the step (a function of the rule's state and W, as
+    # fa's, usf's, brsf's and frsf's are), so that a stack may form it outside the batched
+    # step (experiments/stack.py). Rules that train B inside their step (kp, wm) say False,
+    # and are not stacked: a stack would skip their training of B.
+    feedback_before_step: ClassVar[bool] = True
 
     def signal_feedback(self, net):
         return lookup(self.step_feedback(net))
