@@ -87,13 +87,17 @@ def test_kp_steps_B_by_W_transposes_gradient_plus_decay_and_decays_every_weight(
 
 
 def test_kp_B_turns_toward_W_transpose_over_training_and_the_probes_report_it(digits):
-    config = TrainConfig(device="cpu", rule="kp", epochs=6, seed=0, probe_every=20)
+    """Measured: W[h1->h2] 88.2 -> 78.4 degrees, W[h2->out] 30.3 -> 13.4 (the output weights
+    start at zero, so that B^T and W share their first steps)."""
+    config = TrainConfig(
+        device="cpu", rule="kp", rule_opts={"decay": 3e-3}, epochs=6, seed=0, probe_every=20
+    )
     results = Trainer(config, None, progress=False, data=digits).fit()
     probes = [p for h in results["history"] for p in h["alignment"]]
-    first, last = probes[0]["feedback_angle"], probes[-1]["feedback_angle"]
-    assert set(first) == {"W[h1->h2]", "W[h2->out]"}
-    for key in first:  # B starts random (near 90 degrees) and turns steadily toward W^T
-        assert last[key] < first[key] - 5, (key, first[key], last[key])
+    angles = {k: [p["feedback_angle"][k] for p in probes] for k in ("W[h1->h2]", "W[h2->out]")}
+    for key, series in angles.items():  # B starts random and turns toward W^T
+        assert series[-1] < series[0] - 8, (key, series)
+        assert series[-1] < series[len(series) // 2] < series[0], (key, series)
 
 
 def test_kp_decay_shrinks_the_difference_between_W_and_B_transpose_geometrically():
@@ -231,8 +235,8 @@ def test_drtp_takes_one_hot_targets_as_they_are():
 # ---- all three -----------------------------------------------------------------------------
 # Digits, the defaults of `creditlab train --rule NAME` (mlp:256-256 relu, the rule's
 # recommended settings), 20 epochs, seed 0; chance is 10%. Measured on the development machine
-# (test accuracy): kp 0.978, wm 0.989, drtp 0.981 (relu: the target form); drtp on tanh (the
-# paper's projection) 0.972. bp with its defaults: 0.978.
+# (test accuracy): kp 0.983, wm 0.978, drtp 0.983 (relu: the target form); drtp on tanh (the
+# paper's projection) 0.972. bp with its defaults: 0.978 (tanh 0.981), fa 0.986.
 ACCURACY_BAR = {"kp": 0.95, "wm": 0.95, "drtp": 0.94}
 
 

@@ -35,10 +35,12 @@ and its update is the kind's own weight gradient in that shape. A stack of kp ru
 formed (the step trains B; see FeedbackRule.feedback_before_step).
 
 The decay: Akrout et al.'s MNIST run used none (their repository's weight_decay=1 multiplier),
-leaving W - B^T at its initial value, so the default here is lambda = 1e-3, with which
-W - B^T halves in about 1,400 steps at the recommended rate (an effective 0.5 per step with
-momentum 0.9): B's angle to W^T falls below fa's within the first epoch of MNIST, and the
-decay is mild enough not to cost accuracy (docs/rules/kp.md).
+leaving W - B^T at its initial value. Here the default is lambda = 3e-4, with which W - B^T
+halves in about 4,600 steps at the recommended rate (an effective 0.5 per step with momentum
+0.9). On MNIST 784-256-256-10 ReLU, 2 epochs, batch 32, seed 0 (test accuracy; angle of B to
+W^T for W[h1->h2] and W[h2->out] at the end): lambda 1e-4 96.74% (62, 13 degrees), 3e-4 96.21%
+(58, 10), 1e-3 95.29% (35, 4); bp 96.35%. A larger decay aligns B faster and costs accuracy by
+shrinking W; 3e-4 keeps bp's accuracy while B turns toward W^T (docs/rules/kp.md).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class KolenPollack(FeedbackAlignment):
         "b_lr": Option(float, 0.05, "B's SGD rate; equal to --lr for identical steps (> 0)"),
         "b_momentum": Option(float, 0.9, "B's SGD momentum; equal to --momentum (0 <= m < 1)"),
         "decay": Option(
-            float, 1e-3, "weight decay lambda on every W (in its update) and on B (>= 0)"
+            float, 3e-4, "weight decay lambda on every W (in its update) and on B (>= 0)"
         ),
     }
     search_space: ClassVar[SearchSpace] = {
