@@ -5,6 +5,7 @@ groups hear no error, exact resumption, training on digits, bad options and netw
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -363,3 +364,23 @@ def test_creditlab_rules_lists_them_and_compare_all_includes_them(capsys):
     everything = compare.rule_list("all")
     assert everything[0] == "bp" and set(NEW) <= set(everything)
     assert sorted(everything) == sorted(cl.RULES)
+
+
+def test_a_compare_of_the_new_rules_reports_them_with_their_feedback_angles(tmp_path):
+    """Two seeds each (kp and wm are refused a stack and train one by one): every run finishes,
+    the table lists every rule, and kp's and wm's probes carry the angle between B and W^T."""
+    from tests.test_compare import TINY
+
+    out = tmp_path / "report"
+    args = ["compare", *TINY, "--rules", "bp,kp,wm,drtp", "--seeds", "2", "--out", str(out)]
+    assert cli.main(args) == 0
+    record = json.loads((out / "results.json").read_text())
+    for run in record["runs"]:
+        assert run["status"] == "finished", run.get("message")
+        probe = run["history"][-1]["alignment"][-1]
+        if run["rule"] in ("kp", "wm"):
+            assert set(probe["feedback_angle"]) == {"W[h1->h2]", "W[h2->out]"}
+    table = (out / "table.md").read_text()
+    for name in ("bp", "kp", "wm", "drtp"):
+        assert f"\n| {name} | 2 | " in table
+    assert (out / "feedback_alignment.png").exists()
