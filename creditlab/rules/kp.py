@@ -132,7 +132,8 @@ class KolenPollack(FeedbackAlignment):
                 if net.kind(j).weighted:
                     for i in net.groups[j].ins:
                         key = weight_name(i, j)
-                        updates[key] = updates[key].add(net.W[(i, j)], alpha=self.decay)
+                        # In place: the sweep's fresh tensors, and B has taken its step.
+                        updates[key].add_(net.W[(i, j)], alpha=self.decay)
         return updates
 
     def state_dict(self):
