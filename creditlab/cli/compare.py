@@ -27,7 +27,7 @@ def register(sub) -> None:
     p.add_argument(
         "--rules",
         default=",".join(DEFAULT_COMPARE_RULES),
-        help="comma-separated learning rules (default %(default)s)",
+        help="comma-separated learning rules, or all (default %(default)s)",
     )
     p.add_argument(
         "--seeds",

@@ -34,7 +34,7 @@ from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
 from creditlab.engine.network import resolve_dtype
 from creditlab.errors import TrainingError, UsageError
-from creditlab.rules import DEFAULT_COMPARE_RULES, rule, rule_class
+from creditlab.rules import DEFAULT_COMPARE_RULES, GRADIENT_RULE, RULES, rule, rule_class
 from creditlab.speed.stacked_runs import StackedTrainer, members_that_fit
 from creditlab.speed.vmap_stack import StackError
 from creditlab.training import checkpoint, folders, locks, settings
@@ -52,9 +52,12 @@ KIND = "creditlab-compare"  # marks a folder's results.json as a compare's
 
 # ---- settings ------------------------------------------------------------------------------
 def rule_list(text: str | Sequence[str]) -> list[str]:
-    """Rule names from "bp,fa,dni" (or a list), checked against the registry."""
+    """Rule names from "bp,fa,dni" (or a list), checked against the registry; "all" is every
+    registered rule, the gradient's rule first (the reference) and the rest by name."""
     names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
     names = [n for n in names if n]
+    if names == ["all"]:
+        return sorted(RULES, key=lambda name: (name != GRADIENT_RULE, name))
     if not names:
         raise UsageError("--rules needs at least one rule name, e.g. --rules bp,fa")
     repeated = sorted({n for n in names if names.count(n) > 1})

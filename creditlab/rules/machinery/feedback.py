@@ -24,6 +24,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
@@ -248,9 +249,17 @@ class FeedbackRule(SweepSignals, Rule):
         raise NotImplementedError
 
     any_kind = True
+    # Whether a step's B is known before the step (a function of the rule's state and W, as
+    # fa's, usf's, brsf's and frsf's are), so that a stack may form it outside the batched
+    # step (speed/vmap_stack.py). Rules that train B inside their step (kp, wm) say False,
+    # and are not stacked: a stack would skip their training of B.
+    feedback_before_step: ClassVar[bool] = True
 
     @classmethod
     def stacked_form(cls, rules, nets):
+        trained = sorted({r.name for r in rules if not r.feedback_before_step})
+        if trained:  # B is trained inside their step, which a stack would skip
+            return f"rule(s) {', '.join(trained)} train their feedback inside the step"
         return GivenFeedback(rules, nets)
 
     def signal_feedback(self, net):
