@@ -67,7 +67,7 @@ class EquilibriumPropagation(Rule):
     name = "eqprop"
     summary = "equilibrium propagation: free and nudged relaxations of an energy, local updates"
     own_readout = True
-    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9}
+    recommended: ClassVar[dict[str, Any]] = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.9}
     options: ClassVar[dict[str, Option]] = {
         "beta": Option(float, 0.5, "nudging strength beta (> 0)"),
         "eps": Option(float, 0.5, "relaxation step size eps, in (0, 1]"),

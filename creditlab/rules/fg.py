@@ -42,6 +42,7 @@ from creditlab.engine.tangent import directional_derivative, tangent_sweep
 from creditlab.errors import UsageError
 from creditlab.optim import Adam
 from creditlab.rules.base import Option, Rule
+from creditlab.rules.machinery.feedback import random_matrix, seed_for
 from creditlab.rules.machinery.randomness import RuleGenerator
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
 
@@ -175,7 +176,6 @@ class ForwardGradient(Rule):
 
     def _heads(self, net):
         if self.heads is None:
-            gen = self.rng.get(net)
             n_classes = net.n_scores
             self.heads = {}
             for j in net.order[1:]:
@@ -183,7 +183,9 @@ class ForwardGradient(Rule):
                     continue
                 size = net.groups[j].size
                 std = math.sqrt(2.0 / (size + n_classes))  # Glorot
-                A = _normal((size, n_classes), net.b[j], gen).mul_(std)
+                # Drawn from the seed, not from the tangents' generator: a resumed run draws
+                # the same heads without moving the tangents' stream.
+                A = random_matrix(net, (size, n_classes), std, "normal", seed_for(net, "fg", j))
                 self.heads[j] = {"A": A, "c": torch.zeros_like(A[0])}
             self.head_state = {j: self.head_opt.init(h) for j, h in self.heads.items()}
             if self._pending_heads is not None:
