@@ -456,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rules",
         default="bp,fa,dfa,dni",
-        help="comma-separated learning rules (default %(default)s)",
+        help="comma-separated learning rules, or all (default %(default)s)",
     )
     p.add_argument(
         "--seeds",

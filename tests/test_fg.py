@@ -160,3 +160,14 @@ def test_resume_ends_with_exactly_the_weights_of_an_uninterrupted_run(
         for j, head in straight.rule.heads.items():
             for k, t in head.items():
                 assert torch.equal(t, resumed.rule.heads[j][k]), (j, k)
+
+
+def test_fg_pepita_and_eqprop_are_listed_and_in_compare_all(capsys):
+    from creditlab.cli import main
+    from creditlab.experiments.compare import rule_list
+
+    assert main(["rules"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line[:1] != " "}
+    assert {"fg", "pepita", "eqprop"} <= listed
+    assert {"fg", "pepita", "eqprop", "bp"} <= set(rule_list("all"))
+    assert rule_list(" all ") == rule_list("all")

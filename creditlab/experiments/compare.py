@@ -43,7 +43,7 @@ from creditlab.experiments.train import (
     differing_fields,
     targets_for,
 )
-from creditlab.rules import rule, rule_class
+from creditlab.rules import RULES, rule, rule_class
 
 DEFAULT_RULES = ("bp", "fa", "dfa", "dni")
 KIND = "creditlab-compare"  # marks a folder's results.json as a compare's
@@ -51,9 +51,12 @@ KIND = "creditlab-compare"  # marks a folder's results.json as a compare's
 
 # ---- settings ------------------------------------------------------------------------------
 def rule_list(text: str | Sequence[str]) -> list[str]:
-    """Rule names from "bp,fa,dni" (or a list), checked against the registry."""
+    """Rule names from "bp,fa,dni" (or a list), checked against the registry; "all" names
+    every registered rule."""
     names = [n.strip() for n in text.split(",")] if isinstance(text, str) else list(text)
     names = [n for n in names if n]
+    if names == ["all"]:
+        return sorted(RULES)
     if not names:
         raise UsageError("--rules needs at least one rule name, e.g. --rules bp,fa")
     repeated = sorted({n for n in names if names.count(n) > 1})
