@@ -5,6 +5,7 @@ Every activity is stored flat, (N, size) per batch, whatever the group's shape p
 vector (n,), an image (C, H, W) or capsules (n, d)); a kind views it in its shape where it
 needs to. In the derivation's notation, for a connection i -> j of this kind:
     forward:    s_j = K(z_i; W_ij) + b_j                 (summed over i for dense)
+    tangent:    ds_j = K(dz_i; W_ij) + K(z_i; dW_ij) + db_j   (K is linear in z and in W)
     signal:     dE/dz_i += K^T(delta_j; F)               F = W_ij, or a rule's stand-in
     gradient:   dE/dW_ij = sum over the batch of dK/dW(z_i, delta_j) / N
 The stand-in F has the shape of `feedback_view(W_ij)`: W_ij^T for dense (the matrix of the
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from creditlab.errors import GraphError
+from creditlab.errors import GraphError, UsageError
 
 Tensor = torch.Tensor
 
@@ -63,6 +64,24 @@ class Kind:
         """s_j, (N, size_j), from the activities the group reads (in the order of group.ins)."""
         raise NotImplementedError
 
+    def tangent(
+        self,
+        net: Any,
+        group: Any,
+        trace: Any,
+        inputs: list[Tensor],
+        dinputs: list[Tensor | None],
+        dW: list[Tensor | None],
+        db: Tensor | None,
+    ) -> Tensor | None:
+        """ds_j, the forward pass's derivative along a tangent (dz_i, dW_ij, db_j), for the
+        forward tangent sweep (engine/tangent.py); None entries are zero tangents, and None
+        comes back when all are. `inputs` are the z_i the forward pass read."""
+        raise UsageError(
+            f"group {group.name!r} is a {self.name} group, which has no forward tangent (the "
+            "tangent sweep, and the forward-gradient rule fg, cannot go through it)"
+        )
+
     def feedback_view(self, W: Tensor) -> Tensor:
         """W_ij as it is used on the way back; a rule's stand-in has this shape."""
         return W
@@ -90,6 +109,19 @@ class Kind:
 
 def accumulate(out: Tensor | None, value: Tensor) -> Tensor:
     return value if out is None else out.add_(value)
+
+
+def bilinear_tangent(forward, x, dx, W, dW, db) -> Tensor | None:
+    """The tangent of s = forward(x, W, b) for a forward linear in x, in W and in b:
+    ds = forward(dx, W, db) + forward(x, dW, 0); zero parts (None) are skipped."""
+    ds = None
+    if dx is not None:
+        ds, db = forward(dx, W, db), None
+    if dW is not None:
+        ds, db = accumulate(ds, forward(x, dW, db)), None
+    if db is not None:  # the bias alone: its broadcast over the positions
+        ds = forward(torch.zeros_like(x), W, db)
+    return ds
 
 
 def image_of(net: Any, i: str, group: Any) -> tuple[int, int, int]:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from creditlab.engine.activations import squash, squash_vjp
-from creditlab.engine.kinds.base import Kind, accumulate, capsules_of
+from creditlab.engine.kinds.base import Kind, accumulate, bilinear_tangent, capsules_of
 from creditlab.engine.kinds.conv import (
     conv_forward,
     conv_geometry,
@@ -79,6 +79,22 @@ class PrimaryCapsules(Kind):
         x = inputs[0].reshape(-1, *net.groups[i].shape)
         _, _, _, _, stride, pad = conv_geometry(net, group)
         return self._to_capsules(group, conv_forward(x, net.W[(i, j)], net.b[j], stride, pad))
+
+    def tangent(self, net, group, trace, inputs, dinputs, dW, db):
+        (i,), j = group.ins, group.name
+        shape = net.groups[i].shape
+        x = inputs[0].reshape(-1, *shape)
+        dx = None if dinputs[0] is None else dinputs[0].reshape(-1, *shape)
+        _, _, _, _, stride, pad = conv_geometry(net, group)
+        ds = bilinear_tangent(
+            lambda x_, W_, b_: conv_forward(x_, W_, b_, stride, pad),
+            x,
+            dx,
+            net.W[(i, j)],
+            dW[0],
+            db,
+        )
+        return None if ds is None else self._to_capsules(group, ds)
 
     def signal(self, net, trace, i, group, delta, F, out=None):
         _, _, _, _, stride, pad = conv_geometry(net, group)
@@ -153,6 +169,33 @@ class RoutedCapsules(Kind):
                 outs.append(v)
         trace.cache[j] = {"u_hat": u_hat, "c": couplings, "s": sums, "v": outs, "du_hat": None}
         return s.reshape(u.shape[0], -1)
+
+    def tangent(self, net, group, trace, inputs, dinputs, dW, db):
+        # The routing loop run forward in tangents (softmax's and squash's Jacobians are
+        # symmetric, so their vjp functions serve); with routing_gradient=False the couplings
+        # are constants, as on the way back.
+        (i,), j = group.ins, group.name
+        (du,), (dW_ij,) = dinputs, dW
+        if du is None and dW_ij is None:
+            return None
+        memo = trace.cache[j]
+        u_hat, cs, ss, vs = memo["u_hat"], memo["c"], memo["s"], memo["v"]
+        u = inputs[0].reshape(-1, *net.groups[i].shape)
+        du_hat = torch.zeros_like(u_hat)
+        if du is not None:
+            du_hat += torch.einsum("ijdk,nik->njid", net.W[(i, j)], du.reshape(u.shape))
+        if dW_ij is not None:
+            du_hat += torch.einsum("ijdk,nik->njid", dW_ij, u)
+        d_b = torch.zeros_like(cs[0])
+        for t, c in enumerate(cs):
+            ds = weighted_sum(c, du_hat)
+            if not group.options["routing_gradient"]:
+                continue
+            ds += weighted_sum(softmax_vjp(c, d_b, dim=1), u_hat)
+            if t + 1 < len(cs):
+                d_v = squash_vjp(ss[t], vs[t], ds)
+                d_b = d_b + agreement(du_hat, vs[t]) + agreement(u_hat, d_v)
+        return ds.reshape(u.shape[0], -1)
 
     def _du_hat(self, trace, group, delta: Tensor) -> Tensor:
         """dE/du_hat from delta_j = dE/ds_j, once per delta (signal and gradient share it)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from creditlab.engine.kinds.base import Kind, accumulate, image_of, out_size
+from creditlab.engine.kinds.base import Kind, accumulate, bilinear_tangent, image_of, out_size
 
 Tensor = torch.Tensor
 
@@ -93,6 +93,22 @@ class Conv(Kind):
         _, _, _, _, stride, pad = conv_geometry(net, group)
         s = conv_forward(x, net.W[(i, j)], net.b.get(j), stride, pad)  # b: None without bias
         return s.reshape(x.shape[0], -1)
+
+    def tangent(self, net, group, trace, inputs, dinputs, dW, db):
+        (i,), j = group.ins, group.name
+        shape = net.groups[i].shape
+        x = inputs[0].reshape(-1, *shape)
+        dx = None if dinputs[0] is None else dinputs[0].reshape(-1, *shape)
+        _, _, _, _, stride, pad = conv_geometry(net, group)
+        ds = bilinear_tangent(
+            lambda x_, W_, b_: conv_forward(x_, W_, b_, stride, pad),
+            x,
+            dx,
+            net.W[(i, j)],
+            dW[0],
+            db,
+        )
+        return None if ds is None else ds.reshape(x.shape[0], -1)
 
     def signal(self, net, trace, i, group, delta, F, out=None):
         shape = net.groups[i].shape

@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from creditlab.engine.kinds.base import Kind, accumulate, image_of
+from creditlab.engine.kinds.base import Kind, accumulate, bilinear_tangent, image_of
 from creditlab.engine.kinds.conv import Conv
 from creditlab.errors import GraphError
 
@@ -83,6 +83,19 @@ class ConvTranspose(Kind):
             x, net.W[(i, j)], net.b[j], stride=stride, padding=pad, output_padding=extra
         )
         return s.reshape(x.shape[0], -1)
+
+    def tangent(self, net, group, trace, inputs, dinputs, dW, db):
+        (i,), j = group.ins, group.name
+        shape = net.groups[i].shape
+        x = inputs[0].reshape(-1, *shape)
+        dx = None if dinputs[0] is None else dinputs[0].reshape(-1, *shape)
+        _, stride, pad, extra = deconv_options(group)
+
+        def forward(x_, W_, b_):
+            return F.conv_transpose2d(x_, W_, b_, stride=stride, padding=pad, output_padding=extra)
+
+        ds = bilinear_tangent(forward, x, dx, net.W[(i, j)], dW[0], db)
+        return None if ds is None else ds.reshape(x.shape[0], -1)
 
     def signal(self, net, trace, i, group, delta, F_, out=None):
         _, stride, pad, _ = deconv_options(group)

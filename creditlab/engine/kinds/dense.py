@@ -38,6 +38,17 @@ class Dense(Kind):
             s_j.addmm_(z_i, net.W[(i, j)])
         return s_j
 
+    def tangent(self, net, group, trace, inputs, dinputs, dW, db):
+        # ds_j = sum over i of (dz_i W_ij + z_i dW_ij) + db_j
+        j, ds = group.name, None
+        if db is not None:
+            ds = db.expand(inputs[0].shape[0], -1).clone()
+        for i, z_i, dz_i, dW_ij in zip(group.ins, inputs, dinputs, dW, strict=True):
+            for a, b in ((dz_i, net.W[(i, j)]), (z_i, dW_ij)):
+                if a is not None and b is not None:
+                    ds = a @ b if ds is None else ds.addmm_(a, b)
+        return ds
+
     def feedback_view(self, W):
         return W.t()
 

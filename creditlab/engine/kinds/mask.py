@@ -37,6 +37,13 @@ class Mask(Kind):
         trace.cache[group.name] = keep
         return (v * keep.unsqueeze(2)).reshape(v.shape[0], -1)
 
+    def tangent(self, net, group, trace, inputs, dinputs, dW, db):
+        if dinputs[0] is None:  # the choice of capsule is piecewise constant: no tangent
+            return None
+        keep = trace.cache[group.name]
+        n, caps = keep.shape
+        return (dinputs[0].reshape(n, caps, -1) * keep.unsqueeze(2)).reshape(n, -1)
+
     def signal(self, net, trace, i, group, delta, F, out=None):
         keep = trace.cache[group.name]
         n, caps = keep.shape

@@ -43,6 +43,19 @@ class Pool(Kind):
             s = F.avg_pool2d(x, k, stride)
         return s.reshape(x.shape[0], -1)
 
+    def tangent(self, net, group, trace, inputs, dinputs, dW, db):
+        # Linear in the input once the windows' winners are fixed: the recorded selection.
+        (i,), dx = group.ins, dinputs[0]
+        if dx is None:
+            return None
+        c = net.groups[i].shape[0]
+        n = dx.shape[0]
+        if group.options["mode"] == "max":
+            where = trace.cache[group.name].reshape(n, c, -1)
+            return dx.reshape(n, c, -1).gather(2, where).reshape(n, -1)
+        k, stride = group.options["kernel"], group.options["stride"]
+        return F.avg_pool2d(dx.reshape(-1, *net.groups[i].shape), k, stride).reshape(n, -1)
+
     def signal(self, net, trace, i, group, delta, F_, out=None):
         c, h, w = net.groups[i].shape
         n = delta.shape[0]
