@@ -8,10 +8,9 @@ pooling, merges), random residual graphs (convolutions and dense groups without 
 1-D batch normalisation with batch statistics, residual additions with identity or projection
 shortcuts, global average pooling), random upsampling graphs (image-shaped dense groups and
 transposed convolutions with random strides, padding and output padding) and random capsule
-networks
-(primary capsules, routed capsules in both routing modes, a mask and a decoder, with a margin
-and a weighted reconstruction output). This module is a checking tool: the engine and the
-rules never use autograd.
+networks (primary capsules, routed capsules in both routing modes, a mask and a decoder, with a
+margin and a weighted reconstruction output). This module is a checking tool: the engine and
+the rules never use autograd.
 """
 
 from __future__ import annotations
