@@ -539,8 +539,8 @@ RESNET_RUNS = {
     "brsf": ({}, 3e-3, False, 0.9),
     "frsf": ({}, 3e-3, False, 0.9),
     "dfa": ({}, 3e-3, True, 0.2),
-    "dni": ({"boundaries": ("add", "add_1")}, 3e-3, False, 0.8),
-    "cdni": ({"boundaries": ("add", "add_1")}, 1e-3, False, 0.65),
+    "dni": ({"boundaries": ("block1.add", "block2.add")}, 3e-3, False, 0.8),
+    "cdni": ({"boundaries": ("block1.add", "block2.add")}, 1e-3, False, 0.65),
 }
 
 

@@ -8,10 +8,9 @@ pooling, merges), random residual graphs (convolutions and dense groups without 
 1-D batch normalisation with batch statistics, residual additions with identity or projection
 shortcuts, global average pooling), random upsampling graphs (image-shaped dense groups and
 transposed convolutions with random strides, padding and output padding) and random capsule
-networks
-(primary capsules, routed capsules in both routing modes, a mask and a decoder, with a margin
-and a weighted reconstruction output). This module is a checking tool: the engine and the
-rules never use autograd.
+networks (primary capsules, routed capsules in both routing modes, a mask and a decoder, with a
+margin and a weighted reconstruction output). This module is a checking tool: the engine and
+the rules never use autograd.
 """
 
 from __future__ import annotations
@@ -222,9 +221,14 @@ def _reference_kind(net: Network, group, params, z, y) -> Tensor:
         pool = F.max_pool2d if o["mode"] == "max" else F.avg_pool2d
         return pool(u, o["kernel"], o["stride"])
     if group.kind == "batch_norm":  # batch statistics, as in a training pass
+        # Written out rather than F.batch_norm, whose kernels the engine itself calls.
         u = u if o["spatial"] else z[i]
-        gamma, beta = params[weight_name(i, j)], params[bias_name(j)]
-        return F.batch_norm(u, None, None, gamma, beta, training=True, eps=o["eps"])
+        dims, at = ((0, 2, 3), (1, -1, 1, 1)) if o["spatial"] else ((0,), (1, -1))
+        gamma = params[weight_name(i, j)].view(at)
+        beta = params[bias_name(j)].view(at)
+        mean = u.mean(dim=dims, keepdim=True)
+        var = (u - mean).pow(2).mean(dim=dims, keepdim=True)
+        return (u - mean) / torch.sqrt(var + o["eps"]) * gamma + beta
     if group.kind == "global_pool":
         return F.adaptive_avg_pool2d(u, 1)
     if group.kind == "mask":

@@ -44,6 +44,8 @@ def stacked_rule(rules: Sequence[Rule], nets: Sequence[Network]) -> StackedRule 
     names = sorted({r.name for r in rules})
     if any(g.dropout > 0 for g in nets[0].groups.values()):
         return "dropout draws from each network's own generator inside the step"
+    if nets[0].buffers:
+        return "batch norm's running statistics are per network, not stacked"
     first = type(rules[0])
     family = first.stack_family
     if family is not None and all(isinstance(r, family) for r in rules):

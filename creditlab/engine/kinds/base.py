@@ -22,6 +22,9 @@ import torch
 from creditlab.errors import GraphError, UsageError
 
 Tensor = torch.Tensor
+# Set in a trace's cache by a sweep whose caller computes every weight gradient next (bp and
+# the feedback rules): a kind may then compute its gradient with its signal, in one kernel call.
+WEIGHT_GRADS_FOLLOW = "weight_grads_follow"
 
 
 class Kind:

@@ -22,6 +22,14 @@ the means over the batch (and positions) per feature; with running statistics th
 normalisation is a fixed affine map and dE/dz_i = delta_j * gamma / sqrt(running_var + eps).
 The rule's delta_j trains gamma and beta: dE/dgamma = sum of delta_j * xhat / N and
 dE/dbeta = sum of delta_j / N (sums over the batch and positions).
+
+Both directions call torch's batch-norm kernels directly (aten.native_batch_norm, and
+aten.native_batch_norm_backward, which computes the three formulas above in one fused pass
+from the batch's saved mean and 1 / sqrt(var + eps)), as the convolutions call
+aten.convolution_backward; no autograd graph is built or walked. Written as separate tensor
+operations the same formulas took about three times as long on the CPU (ResNet-20, batch 128).
+The gradient check (checks/gradcheck.py) compares them with finite differences and with
+autograd through the formulas written out.
 """
 
 from __future__ import annotations
@@ -81,7 +89,9 @@ class BatchNorm(Kind):
         (i,), j = group.ins, group.name
         x = features_view(net, group, inputs[0])  # (N, C, L)
         gamma, beta = net.W[(i, j)], net.b[j]
-        eps = group.options["eps"]
+        eps, momentum = group.options["eps"], group.options["momentum"]
+        mean, var = net.buffers[f"running_mean[{j}]"], net.buffers[f"running_var[{j}]"]
+        m = 0.0
         if trace.train:
             count = x.shape[0] * x.shape[2]
             if count < 2:
@@ -89,45 +99,51 @@ class BatchNorm(Kind):
                     f"batch-norm group {j!r} needs more than one value per feature while "
                     f"training; the batch gives {count} (use batches of 2 or more)"
                 )
-            mean = x.mean(dim=(0, 2))
-            centred = x - mean[:, None]
-            var = centred.pow(2).mean(dim=(0, 2))
-            rstd = (var + eps).rsqrt()
-            self._track(net, group, mean, var, count)
-        else:
-            mean, var = net.buffers[f"running_mean[{j}]"], net.buffers[f"running_var[{j}]"]
-            centred = x - mean[:, None]
-            rstd = (var + eps).rsqrt()
-        xhat = centred.mul_(rstd[:, None])
-        trace.cache[j] = (xhat, rstd, trace.train)
-        s = torch.addcmul(beta[:, None], xhat, gamma[:, None])
+            tracked = net.buffers[f"num_batches_tracked[{j}]"]
+            tracked.add_(1)
+            m = 1.0 / float(tracked) if momentum is None else momentum
+        # Training: normalise with the batch's mean and (biased) variance, and move the
+        # running statistics by m towards the batch's mean and unbiased variance; evaluation:
+        # normalise with the running statistics.
+        s, saved_mean, saved_rstd = torch.ops.aten.native_batch_norm(
+            x, gamma, beta, mean, var, trace.train, m, eps
+        )
+        trace.cache[j] = {"x": x, "mean": saved_mean, "rstd": saved_rstd, "train": trace.train}
         return s.reshape(x.shape[0], -1)
 
-    def _track(self, net, group, mean: Tensor, var: Tensor, count: int) -> None:
-        """Move the running statistics towards the batch's, as torch does while training."""
-        j, momentum = group.name, group.options["momentum"]
-        tracked = net.buffers[f"num_batches_tracked[{j}]"]
-        tracked.add_(1)
-        m = 1.0 / float(tracked) if momentum is None else momentum
-        net.buffers[f"running_mean[{j}]"].mul_(1 - m).add_(mean, alpha=m)
-        net.buffers[f"running_var[{j}]"].mul_(1 - m).add_(var, alpha=m * count / (count - 1))
+    def _backward(self, net, trace, group, delta: Tensor, mask: list[bool]):
+        """(dE/dz_i, sum of delta * xhat, sum of delta) for delta_j, per the formulas above,
+        in one pass of torch's batch-norm backward kernel (None where `mask` says False)."""
+        (i,), j = group.ins, group.name
+        memo = trace.cache[j]
+        mean, var = net.buffers[f"running_mean[{j}]"], net.buffers[f"running_var[{j}]"]
+        return torch.ops.aten.native_batch_norm_backward(
+            features_view(net, group, delta),
+            memo["x"],
+            net.W[(i, j)],
+            mean,
+            var,
+            memo["mean"],
+            memo["rstd"],
+            memo["train"],
+            group.options["eps"],
+            mask,
+        )
 
     def signal(self, net, trace, i, group, delta, F, out=None):
         # F is None: the kind is exact, and gamma itself carries the signal whatever the rule.
-        xhat, rstd, batch_stats = trace.cache[group.name]
-        gamma = net.W[(i, group.name)]
-        d = features_view(net, group, delta) * gamma[:, None]
-        if batch_stats:
-            mean_d = d.mean(dim=(0, 2), keepdim=True)
-            mean_dx = (d * xhat).mean(dim=(0, 2), keepdim=True)
-            d = (d - mean_d).sub_(xhat * mean_dx)
-        back = d.mul_(rstd[:, None]).reshape(delta.shape)
-        return accumulate(out, back)
+        # gamma's gradient comes in the same pass; weight_grad takes it for this delta.
+        back, grad_gamma, _ = self._backward(net, trace, group, delta, [True, True, False])
+        trace.cache[group.name]["grad_gamma"] = (delta, grad_gamma)
+        return accumulate(out, back.reshape(delta.shape))
 
     def weight_grad(self, net, trace, i, group, delta):
-        xhat = trace.cache[group.name][0]
-        d = features_view(net, group, delta)
-        return (d * xhat).sum(dim=(0, 2)).mul_(1.0 / delta.shape[0])
+        kept = trace.cache[group.name].get("grad_gamma")
+        if kept is not None and kept[0] is delta:
+            grad = kept[1]
+        else:  # no signal was asked for (dfa): the gradient alone
+            grad = self._backward(net, trace, group, delta, [False, True, False])[1]
+        return grad.mul(1.0 / delta.shape[0])
 
     def bias_grad(self, group, delta):
         n = delta.shape[0]

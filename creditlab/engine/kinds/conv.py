@@ -13,7 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from creditlab.engine.kinds.base import Kind, accumulate, bilinear_tangent, image_of, out_size
+from creditlab.engine.kinds.base import (
+    WEIGHT_GRADS_FOLLOW,
+    Kind,
+    accumulate,
+    bilinear_tangent,
+    image_of,
+    out_size,
+)
 
 Tensor = torch.Tensor
 
@@ -114,9 +121,34 @@ class Conv(Kind):
         shape = net.groups[i].shape
         _, _, _, _, stride, pad = conv_geometry(net, group)
         d = delta.reshape(-1, *group.shape)
-        return accumulate(out, conv_signal(d, F, shape, stride, pad).reshape(d.shape[0], -1))
+        if trace is not None and trace.cache.get(WEIGHT_GRADS_FOLLOW):
+            # The kernel's gradient will be asked for next (bp, the feedback rules): one call
+            # of the convolution's backward kernel gives it with the signal, as autograd's
+            # does (separate calls took about 40% longer on the CPU for ResNet-20). The
+            # gradient is z_i correlated with delta_j whatever stands in W's place.
+            x = trace.sent(i).reshape(-1, *shape)
+            back, grad_w, _ = torch.ops.aten.convolution_backward(
+                d,
+                x,
+                F,
+                None,
+                [stride] * 2,
+                [pad] * 2,
+                [1, 1],
+                False,
+                [0, 0],
+                1,
+                [True, True, False],
+            )
+            trace.cache[(group.name, "grad_w")] = (delta, grad_w)
+        else:
+            back = conv_signal(d, F, shape, stride, pad)
+        return accumulate(out, back.reshape(d.shape[0], -1))
 
     def weight_grad(self, net, trace, i, group, delta):
+        kept = trace.cache.pop((group.name, "grad_w"), None)
+        if kept is not None and kept[0] is delta:
+            return kept[1].mul_(1.0 / delta.shape[0])
         _, _, _, _, stride, pad = conv_geometry(net, group)
         x = trace.sent(i).reshape(-1, *net.groups[i].shape)
         d = delta.reshape(-1, *group.shape)
