@@ -26,7 +26,6 @@ from creditlab.engine.activations import Activation
 from creditlab.engine.activations import activation as lookup_activation
 from creditlab.engine.devices import resolve_device
 from creditlab.engine.kinds import KINDS
-from creditlab.engine.kinds.pool import POOL_MODES
 from creditlab.engine.losses import Loss
 from creditlab.engine.losses import loss as lookup_loss
 from creditlab.errors import GraphError, UnknownNameError, UsageError
@@ -227,9 +226,7 @@ class Network:
         name: str | None = None,
     ) -> Group:
         """Max ("max") or average ("avg") pooling over kernel x kernel windows (stride: kernel)."""
-        if kind not in POOL_MODES:
-            raise UsageError(f"unknown pooling {kind!r}; valid: {', '.join(POOL_MODES)}")
-        opts = {"kernel": kernel, "stride": kernel if stride is None else stride, "mode": kind}
+        opts = {"kernel": kernel, "stride": stride, "mode": kind}
         return self._add_kind("pool", ins, opts, "identity", None, name, 0.0)
 
     def primary_capsules(
@@ -262,8 +259,6 @@ class Network:
         routing_gradient=False treats the coupling coefficients as constants on the way back
         (the default differentiates through every routing iteration); see kinds/capsules.py.
         """
-        if not isinstance(routing_gradient, bool):
-            raise UsageError(f"routing_gradient must be True or False, got {routing_gradient!r}")
         opts = {"n": n, "dim": dim, "routing": routing, "routing_gradient": routing_gradient}
         return self._add_kind("capsules", ins, opts, "squash", init, name, 0.0)
 
@@ -287,11 +282,7 @@ class Network:
         in_names = [self._name_of(g, name) for g in _as_list(ins)]
         if len(in_names) != 1:
             raise GraphError(f"group {name!r} ({kind}) reads exactly one group, got {in_names}")
-        for key, value in options.items():
-            if key in ("padding", "output_padding"):
-                _count(value, key, name, 0)
-            elif key not in ("mode", "routing_gradient"):
-                _count(value, key, name, 1)
+        options = KINDS[kind].check_options(options, name)  # the kind's schema (engine/kinds/)
         group = Group(name, 1, act, in_names, init, _dropout(dropout, name), kind, (1,), options)
         group.shape = tuple(KINDS[kind].shape(self, group))
         group.size = math.prod(group.shape)
@@ -767,12 +758,6 @@ def _group_shape(size: int | Sequence[int], name: str) -> tuple[int, ...]:
     if len(shape) not in (1, 3):
         raise GraphError(f"group {name!r} needs a size n or a shape (C, H, W), got {size}")
     return shape
-
-
-def _count(value: int, what: str, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise GraphError(f"{what} of group {name!r} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _dropout(p: float, name: str) -> float:
