@@ -714,30 +714,6 @@ class Network:
         return "\n".join(lines)
 
 
-def mlp(
-    sizes: Sequence[int],
-    activation: str = "relu",
-    loss: str = "cross_entropy",
-    output_activation: str = "identity",
-    dtype: torch.dtype | str = torch.float32,
-    device: str = "cpu",
-    seed: int = 0,
-    dropout: float = 0.0,
-    init: str | None = None,
-) -> Network:
-    """A plain stack: input sizes[0], hidden groups h1..hn, output group 'out' of sizes[-1]."""
-    sizes = list(sizes)
-    if len(sizes) < 2:
-        raise UsageError(f"an mlp needs at least an input and an output size, got {sizes}")
-    net = Network(dtype=dtype, device=device, seed=seed)
-    group = net.input(sizes[0])
-    for size in sizes[1:-1]:
-        group = net.dense(group, size, activation=activation, init=init, dropout=dropout)
-    out = net.dense(group, sizes[-1], activation=output_activation, name="out")
-    net.output(out, loss=loss)
-    return net
-
-
 def _as_list(ins: Group | str | Iterable[Group | str]) -> list[Group | str]:
     if isinstance(ins, (Group, str)):
         return [ins]
