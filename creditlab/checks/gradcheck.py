@@ -237,7 +237,7 @@ def check_tolerance(name: str, value: float) -> float:
 
 def exact_gradient(net: Network) -> bool:
     """Whether bp on `net` is the loss's exact gradient: not with couplings held constant."""
-    return all(g.options.get("routing_gradient", True) for g in net.groups.values())
+    return all(net.kind(j).exact_gradient(g) for j, g in net.groups.items() if not g.is_input)
 
 
 def check_network(net: Network, x: Tensor, y: Tensor, case: str) -> CheckResult:

@@ -101,6 +101,12 @@ class Kind:
             options[key] = _checked(key, option, value, group)
         return options
 
+    def exact_gradient(self, group: Any) -> bool:
+        """Whether the backward sweep through this group is the loss's exact gradient (False
+        where the kind holds something constant on the way back by design; gradcheck then
+        checks it against autograd over its reference alone, not finite differences)."""
+        return True
+
     def reference(
         self,
         net: Any,

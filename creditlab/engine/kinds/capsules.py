@@ -197,6 +197,9 @@ class RoutedCapsules(Kind):
     }
     random_graph = CAPSULE_GRAPH
 
+    def exact_gradient(self, group):
+        return group.options["routing_gradient"]  # False: the couplings held constant
+
     def reference(self, net, group, inputs, W, b, labels):
         (i,) = group.ins
         u = inputs[0].view(-1, *net.groups[i].shape)
