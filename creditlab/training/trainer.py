@@ -32,9 +32,9 @@ from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer
 from creditlab.rules import Rule, rule
 from creditlab.speed.compiled import CompiledStep, compile_problem
 from creditlab.training import checkpoint, folders, guards, settings
-from creditlab.training.config import TrainConfig  # (re-exported: its home until the split)
+from creditlab.training.config import TrainConfig  # (callers may import it from here too)
 from creditlab.training.diagnostics import probe
-from creditlab.training.loop import EpochLoop, batch_slice, synchronize
+from creditlab.training.loop import EpochLoop, batch_slice
 from creditlab.training.output_init import apply_output_init, zero_applies
 
 Tensor = torch.Tensor
@@ -420,9 +420,6 @@ class Trainer:
         )
         reference = math.nan if self.loss_reference is None else self.loss_reference
         guards.check_losses(losses, first, last, epoch, reference, kept)
-
-    def _sync(self) -> None:
-        synchronize(self.device)
 
     # ---- results --------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:
