@@ -1,6 +1,7 @@
 """creditlab: backpropagation and the learning rules proposed to replace it, on one engine."""
 
-from creditlab.engine.network import Network, Trace, mlp
+from creditlab.engine.models import mlp
+from creditlab.engine.network import Network, Trace
 from creditlab.engine.torch_bridge import from_torch, to_torch
 from creditlab.errors import (
     CreditlabError,

@@ -98,3 +98,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def output_delta(net, trace, y):
+    """delta_o = dE/ds_o for every example of the batch, for the (first) output group (tests
+    seed backward sweeps with it)."""
+    from creditlab.engine.backward import local_delta
+
+    o = net.output_name
+    return local_delta(net, trace, o, net.loss_fn.dz(trace.z[o], y))
+
+
+def squared_error(z, target):
+    """E = 0.5 ||z - target||^2 per example (mean over the batch returned) and dE/dz."""
+    diff = z - target
+    return 0.5 * diff.pow(2).sum(dim=1).mean(), diff

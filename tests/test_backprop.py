@@ -9,9 +9,9 @@ import torch
 import creditlab as cl
 from creditlab.checks import gradcheck
 from creditlab.engine.activations import ACTIVATIONS
-from creditlab.engine.backward import backward_sweep, output_delta
+from creditlab.engine.backward import backward_sweep
 from creditlab.engine.losses import LOSSES
-from tests.conftest import make_dag
+from tests.conftest import make_dag, output_delta, squared_error
 
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
@@ -123,7 +123,7 @@ def test_gradcheck_command_fails_on_a_wrong_derivative(monkeypatch, capsys):
 
 
 def test_local_updates_equal_autograd_of_a_per_group_loss():
-    from creditlab.rules.machinery.local import local_updates, squared_error
+    from creditlab.rules.machinery.local import local_updates
 
     net = make_dag()
     x = torch.randn(6, 4, dtype=torch.float64)

@@ -12,17 +12,12 @@ import torch
 import creditlab as cl
 from creditlab import cli
 from creditlab.checks import gradcheck
-from creditlab.engine.backward import (
-    backward_sweep,
-    incoming_signal,
-    output_delta,
-    transpose_feedback,
-)
+from creditlab.engine.backward import backward_sweep, incoming_signal, transpose_feedback
 from creditlab.engine.models import skip_network
 from creditlab.errors import UsageError
-from creditlab.rules.machinery.blocks import Synthesizer, condition
+from creditlab.rules.dni_synthesizers import Synthesizer, condition
 from creditlab.training.trainer import TrainConfig, Trainer
-from tests.conftest import make_dag, straight_and_resumed
+from tests.conftest import make_dag, output_delta, straight_and_resumed
 
 
 def true_signal(net, trace, y, b):

@@ -11,7 +11,7 @@ import creditlab as cl
 from creditlab.checks import gradcheck
 from creditlab.engine.models import skip_network
 from creditlab.errors import UsageError
-from creditlab.rules.machinery.inverses import InverseMappings
+from creditlab.rules.dtp_inverses import InverseMappings
 from creditlab.training.trainer import TrainConfig, Trainer
 from tests.conftest import make_dag
 

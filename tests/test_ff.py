@@ -10,7 +10,7 @@ import creditlab as cl
 from creditlab.engine.models import build_model
 from creditlab.engine.network import bias_name, weight_name
 from creditlab.errors import UsageError
-from creditlab.rules.machinery import goodness as gd
+from creditlab.rules import ff_goodness as gd
 from creditlab.training.trainer import TrainConfig, Trainer
 from tests.conftest import make_dag, straight_and_resumed
 

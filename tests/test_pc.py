@@ -11,7 +11,7 @@ from creditlab.checks import gradcheck
 from creditlab.engine.models import build_model
 from creditlab.engine.network import bias_name, weight_name
 from creditlab.errors import TrainingError, UsageError
-from creditlab.rules.machinery.energy import relax
+from creditlab.rules.pc_energy import relax
 from creditlab.training.diagnostics import cosine
 from creditlab.training.trainer import TrainConfig, Trainer
 from tests.conftest import make_dag
@@ -126,7 +126,7 @@ def test_fixed_prediction_with_dropout_is_bp_with_the_same_masks():
 # ---- the energy and its relaxation against autograd -----------------------------------------
 def autograd_energy(net, x, y, values, params, gamma):
     """F = sum over hidden j of 0.5 ||v_j - f_j(s_j)||^2 + gamma L, mean over the batch, written
-    independently of creditlab.rules.machinery.energy (s_j from the value nodes, the input
+    independently of creditlab.rules.pc_energy (s_j from the value nodes, the input
     clamped to x)."""
     v = {net.input_name: x, **values}
     total = 0.0

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import creditlab as cl
 from creditlab.checks import gradcheck
+from creditlab.engine.kinds.batch_norm import RESIDUAL_GRAPH
 from creditlab.engine.models import build_model
 from creditlab.errors import GraphError, UsageError
 
@@ -27,7 +28,7 @@ def torch_zoo():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_random_residual_graphs_match_finite_differences_and_autograd(seed):
-    net = gradcheck.random_residual_net(seed, loss=["cross_entropy", "mse", "bce"][seed % 3])
+    net = gradcheck.random_network(RESIDUAL_GRAPH, seed, ["cross_entropy", "mse", "bce"][seed % 3])
     x, y = gradcheck.random_batch(net, 5, seed)
     result = gradcheck.check_network(net, x, y, f"residual {seed}")
     fd, ag = result.worst()
@@ -38,7 +39,7 @@ def test_random_residual_graphs_cover_the_new_kinds():
     kinds = set()
     shortcuts = set()
     for seed in range(6):
-        net = gradcheck.random_residual_net(seed)
+        net = gradcheck.random_network(RESIDUAL_GRAPH, seed, "cross_entropy")
         kinds |= {g.kind for g in net.groups.values()}
         for g in net.groups.values():
             if g.kind == "add":

@@ -51,6 +51,14 @@ KIND = "creditlab-compare"  # marks a folder's results.json as a compare's
 
 
 # ---- settings ------------------------------------------------------------------------------
+def option_example() -> str:
+    """ "fa.scale=0.5": an option of a default rule, for messages (from the registry)."""
+    for name in DEFAULT_COMPARE_RULES:
+        for key, option in rule_class(name).options.items():
+            return f"{name}.{key}={option.default}"
+    return "RULE.KEY=VALUE"
+
+
 def rule_list(text: str | Sequence[str]) -> list[str]:
     """Rule names from "bp,fa,dni" (or a list), checked against the registry; "all" is every
     registered rule, the gradient's rule first (the reference) and the rest by name."""
@@ -59,7 +67,8 @@ def rule_list(text: str | Sequence[str]) -> list[str]:
     if names == ["all"]:
         return sorted(RULES, key=lambda name: (name != GRADIENT_RULE, name))
     if not names:
-        raise UsageError("--rules needs at least one rule name, e.g. --rules bp,fa")
+        example = ",".join(DEFAULT_COMPARE_RULES[:2])
+        raise UsageError(f"--rules needs at least one rule name, e.g. --rules {example}")
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise UsageError(f"rule(s) named more than once in --rules: {', '.join(repeated)}")
@@ -99,7 +108,9 @@ def parse_rule_opts(items: Iterable[str], rules: Sequence[str]) -> dict[str, dic
         key, sep, value = item.partition("=")
         owner, dot, name = key.partition(".")
         if not sep or not dot or not owner or not name:
-            raise UsageError(f"--rule-opt needs RULE.KEY=VALUE (e.g. dni.hidden=256), got {item!r}")
+            raise UsageError(
+                f"--rule-opt needs RULE.KEY=VALUE (e.g. {option_example()}), got {item!r}"
+            )
         if owner not in rules:
             raise UsageError(
                 f"--rule-opt {item!r} is for rule {owner!r}, which is not among the rules "

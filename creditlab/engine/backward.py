@@ -61,12 +61,6 @@ def local_delta(net: Network, trace: Trace, j: str, dz: Tensor, fresh: bool = Fa
     return delta
 
 
-def output_delta(net: Network, trace: Trace, y: Tensor) -> Tensor:
-    """delta_o = dE/ds_o for every example of the batch, for the (first) output group."""
-    o = net.output_name
-    return local_delta(net, trace, o, net.loss_fn.dz(trace.z[o], y))
-
-
 def loss_signals(net: Network, trace: Trace, y: Tensor) -> dict[str, Tensor]:
     """dE/dz_o of the total loss at every output group o (its loss's derivative, weighted)."""
     signals = {}

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from creditlab.data.augment import image_shape_of
 from creditlab.engine import memory, torch_models, zoo
-from creditlab.engine.network import Network, mlp, resolve_dtype
+from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import UsageError
 
 MODEL_KINDS = (
@@ -61,6 +62,30 @@ def _hidden_sizes(text: str, model: str) -> list[int]:
             "e.g. mlp:800-800"
         )
     return [int(part) for part in text.split("-")]
+
+
+def mlp(
+    sizes: Sequence[int],
+    activation: str = "relu",
+    loss: str = "cross_entropy",
+    output_activation: str = "identity",
+    dtype: torch.dtype | str = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+    dropout: float = 0.0,
+    init: str | None = None,
+) -> Network:
+    """A plain stack: input sizes[0], hidden groups h1..hn, output group 'out' of sizes[-1]."""
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise UsageError(f"an mlp needs at least an input and an output size, got {sizes}")
+    net = Network(dtype=dtype, device=device, seed=seed)
+    group = net.input(sizes[0])
+    for size in sizes[1:-1]:
+        group = net.dense(group, size, activation=activation, init=init, dropout=dropout)
+    out = net.dense(group, sizes[-1], activation=output_activation, name="out")
+    net.output(out, loss=loss)
+    return net
 
 
 def build_model(

@@ -26,7 +26,6 @@ from creditlab.engine.activations import Activation
 from creditlab.engine.activations import activation as lookup_activation
 from creditlab.engine.devices import resolve_device
 from creditlab.engine.kinds import KINDS
-from creditlab.engine.kinds.pool import POOL_MODES
 from creditlab.engine.losses import Loss
 from creditlab.engine.losses import loss as lookup_loss
 from creditlab.errors import GraphError, UnknownNameError, UsageError
@@ -240,9 +239,7 @@ class Network:
         name: str | None = None,
     ) -> Group:
         """Max ("max") or average ("avg") pooling over kernel x kernel windows (stride: kernel)."""
-        if kind not in POOL_MODES:
-            raise UsageError(f"unknown pooling {kind!r}; valid: {', '.join(POOL_MODES)}")
-        opts = {"kernel": kernel, "stride": kernel if stride is None else stride, "mode": kind}
+        opts = {"kernel": kernel, "stride": stride, "mode": kind}
         return self._add_kind("pool", ins, opts, "identity", None, name, 0.0)
 
     def primary_capsules(
@@ -275,8 +272,6 @@ class Network:
         routing_gradient=False treats the coupling coefficients as constants on the way back
         (the default differentiates through every routing iteration); see kinds/capsules.py.
         """
-        if not isinstance(routing_gradient, bool):
-            raise UsageError(f"routing_gradient must be True or False, got {routing_gradient!r}")
         opts = {"n": n, "dim": dim, "routing": routing, "routing_gradient": routing_gradient}
         return self._add_kind("capsules", ins, opts, "squash", init, name, 0.0)
 
@@ -341,22 +336,7 @@ class Network:
             raise GraphError(f"group {name!r} reads no group")
         if len(set(in_names)) != len(in_names):
             raise GraphError(f"group {name!r} reads the same group twice: {in_names}")
-        for key, value in options.items():
-            if key in ("padding", "output_padding"):
-                _count(value, key, name, 0)
-            elif key in ("bias", "spatial"):
-                _flag(value, key, name)
-            elif key == "momentum":
-                if value is not None and not _in_unit(value):
-                    raise UsageError(
-                        f"momentum of group {name!r} must be a number in [0, 1] or None, "
-                        f"got {value!r}"
-                    )
-            elif key == "eps":
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                    raise UsageError(f"eps of group {name!r} must be a number > 0, got {value!r}")
-            elif key not in ("mode", "routing_gradient"):
-                _count(value, key, name, 1)
+        options = KINDS[kind].check_options(options, name)  # the kind's schema (engine/kinds/)
         group = Group(name, 1, act, in_names, init, _dropout(dropout, name), kind, (1,), options)
         group.shape = tuple(KINDS[kind].shape(self, group))
         group.size = math.prod(group.shape)
@@ -800,30 +780,6 @@ class Network:
         return "\n".join(lines)
 
 
-def mlp(
-    sizes: Sequence[int],
-    activation: str = "relu",
-    loss: str = "cross_entropy",
-    output_activation: str = "identity",
-    dtype: torch.dtype | str = torch.float32,
-    device: str = "cpu",
-    seed: int = 0,
-    dropout: float = 0.0,
-    init: str | None = None,
-) -> Network:
-    """A plain stack: input sizes[0], hidden groups h1..hn, output group 'out' of sizes[-1]."""
-    sizes = list(sizes)
-    if len(sizes) < 2:
-        raise UsageError(f"an mlp needs at least an input and an output size, got {sizes}")
-    net = Network(dtype=dtype, device=device, seed=seed)
-    group = net.input(sizes[0])
-    for size in sizes[1:-1]:
-        group = net.dense(group, size, activation=activation, init=init, dropout=dropout)
-    out = net.dense(group, sizes[-1], activation=output_activation, name="out")
-    net.output(out, loss=loss)
-    return net
-
-
 def _as_list(ins: Group | str | Iterable[Group | str]) -> list[Group | str]:
     if isinstance(ins, (Group, str)):
         return [ins]
@@ -846,22 +802,6 @@ def _group_shape(size: int | Sequence[int], name: str) -> tuple[int, ...]:
     return shape
 
 
-def _count(value: int, what: str, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise GraphError(f"{what} of group {name!r} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _flag(value: bool, what: str, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise UsageError(f"{what} of group {name!r} must be True or False, got {value!r}")
-    return value
-
-
-def _in_unit(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 <= value <= 1
-
-
 def _dropout(p: float, name: str) -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
         raise UsageError(f"dropout of group {name!r} must be a number in [0, 1), got {p!r}")
@@ -872,3 +812,9 @@ def _init(init: str, name: str) -> str:
     if init not in INITS:
         raise UsageError(f"unknown init {init!r} for group {name!r}; valid inits: glorot, he")
     return init
+
+
+def _flag(value: bool, what: str, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise UsageError(f"{what} of group {name!r} must be True or False, got {value!r}")
+    return value

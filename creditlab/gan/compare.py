@@ -29,7 +29,7 @@ from creditlab.engine.devices import resolve_device
 from creditlab.errors import UsageError
 from creditlab.gan import pictures, scoring
 from creditlab.gan.loop import GanConfig, GanTrainer
-from creditlab.rules import rule_class
+from creditlab.rules import DEFAULT_GAN_PAIRS, rule_class
 from creditlab.training import checkpoint
 from creditlab.training.trainer import differing_fields
 
@@ -45,7 +45,8 @@ def pair_list(text: str) -> list[tuple[str, str]]:
         g, sep, d = item.partition("/")
         if not sep or not g or not d:
             raise UsageError(
-                f"--rules needs GENERATOR/DISCRIMINATOR pairs like bp/bp, got {item!r}"
+                f"--rules needs GENERATOR/DISCRIMINATOR pairs like {DEFAULT_GAN_PAIRS[0]}, "
+                f"got {item!r}"
             )
         rule_class(g)  # an unknown name fails here, listing the valid ones
         rule_class(d)

@@ -33,8 +33,8 @@ import torch
 
 from creditlab.data import Dataset, load_dataset
 from creditlab.engine.devices import resolve_device
-from creditlab.engine.models import _hidden_sizes, build_model
-from creditlab.engine.network import Network, mlp, resolve_dtype
+from creditlab.engine.models import _hidden_sizes, build_model, mlp
+from creditlab.engine.network import Network, resolve_dtype
 from creditlab.errors import TrainingError, UsageError
 from creditlab.gan import dcgan, pictures, scoring
 from creditlab.gan.losses import gan_loss

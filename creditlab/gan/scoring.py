@@ -31,10 +31,12 @@ from creditlab.data import Dataset
 from creditlab.engine.network import Network
 from creditlab.errors import CreditlabError, MachineError, UsageError
 from creditlab.gan.fid import Gaussian, frechet_distance
+from creditlab.rules import DEFAULT_RULE
 from creditlab.training import checkpoint
 
 Tensor = torch.Tensor
-# The classifier's training settings (bp, the engine's own loop); part of the cache key.
+# The classifier's training settings (the default rule, the engine's own loop); part of the
+# cache key.
 JUDGE = {
     "model": "mlp:256-256",
     "activation": "relu",
@@ -176,7 +178,7 @@ def load_judge(
 def _describe(data: Dataset) -> str:
     layers = "-".join(JUDGE["model"].removeprefix("mlp:").split("-"))
     return (
-        f"mlp {data.input_size}-{layers}-{data.n_classes} {JUDGE['activation']}, bp, "
+        f"mlp {data.input_size}-{layers}-{data.n_classes} {JUDGE['activation']}, {DEFAULT_RULE}, "
         f"{JUDGE['optimizer']} {JUDGE['lr']:g}, {JUDGE['epochs']} epochs, batch "
         f"{JUDGE['batch_size']}, seed {JUDGE['seed']}, on {data.name}"
     )

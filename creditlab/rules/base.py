@@ -191,7 +191,8 @@ class Rule:
     def stacked_form(cls, rules: Sequence[Rule], nets: Sequence[Network]) -> StackedRule | str:
         """The step of K members (`rules[k]` trains `nets[k]`) as one vmapped computation
         (rules/machinery/stacking.py), or the reason there is none (one line). Called on the
-        first member's class once the members were found to share a stack (stack_family)."""
+        first member's class once the members were found compatible: one rule with one set of
+        options, or rules of one stack_family."""
         return f"rule {cls.name} has no stacked form (it draws randomness or steps differently)"
 
     def feedback_matrices(self, net: Network) -> dict[str, Tensor]:

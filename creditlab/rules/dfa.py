@@ -14,21 +14,15 @@ sizes) matrix, and one matrix product gives every group's signal at once.
 The scale: B_j's entries have `scale` times the standard deviation of the output group's
 initial weights (Glorot or He, see Network.init_std), so that with scale 1 e B_j has
 the size, at the start, of the signal backpropagation delivers to a group just below the
-output. The default is half, as for fa and for the same reason: with scale 1 the default SGD
-(lr 0.05, momentum 0.9) was unstable on MNIST (784-256-256-10 on 10,000 examples, 3 epochs:
-training loss rising to 9.0, validation accuracy 86.3%; 784-1000-1000-10, 2 epochs: 89.5%,
-down from 92.4% after the first), scale 0.5 trained smoothly (91.3%; 95.1%), the best of 0.1,
-0.25, 0.5, 1, 3 and 10. The B_j are drawn once,
-seeded by the network's seed, and kept in state_dict()["B"] under the group names. They do not
-stand in W^T's place, so feedback_matrices() is empty: the diagnostics' angle to W^T does not
-apply.
+output. The default is half, as for fa and for the same reason (at scale 1 the default SGD
+was unstable on MNIST). The B_j are drawn once, seeded by the network's seed, and kept in
+state_dict()["B"] under the group names. They do not stand in W^T's place, so
+feedback_matrices() is empty: the diagnostics' angle to W^T does not apply.
 
-The start matters more than the scale on conv nets: with relu LeNet the rule barely learnt
-while the output layer's random initial weights were unrelated to B (the hidden groups grew
-and died), and learnt from output weights starting at zero, as feedback alignment needs
-(see docs/conv-and-capsules.md). So the rule recommends output_init "zero"
-(training/output_init.py; `--output-init random` restores the drawn start): on dense MLPs
-the start made no consistent difference either way (docs/comparing-and-tuning.md).
+As fa, the rule recommends output_init "zero" (training/output_init.py; `--output-init
+random` restores the drawn start): the output layer's weights must come to agree with B.
+
+The measurements behind both choices are in docs/results/rule-notes.md.
 """
 
 from __future__ import annotations

@@ -5,13 +5,12 @@ The network is split into blocks at the boundary groups (default: every hidden g
 updates with the signal its boundary's synthesizer predicts, at once; each synthesizer is trained
 toward the signal that arrives from the block above, itself synthetic except at the top
 (bootstrapping). The machinery, and what happens across skip connections, is in
-creditlab/blocks.py. Logged: synth_loss (mean over boundaries) and synth_loss/GROUP.
+creditlab/rules/dni_synthesizers.py. Logged: synth_loss (mean over boundaries) and
+synth_loss/GROUP.
 
-Measured in practice (no batch normalisation, which the paper used): a synthetic signal that
-grows with the activation it is predicted from can run away when the network takes large steps.
-Adam at lr 1e-3 trained stably on digits and MNIST; SGD at lr 0.05 with momentum 0.9 diverged.
-The linear synthesizer beat the one-hidden-layer one; without the label (dni) a synthesizer can
-predict little more than the mean error signal, and cdni learns much better.
+Without batch normalisation (which the paper used) a synthetic signal that grows with the
+activation it is predicted from can run away when the network takes large steps, so the rule
+recommends Adam at a small rate (what was measured: docs/results/rule-notes.md).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any, ClassVar
 from creditlab.engine.backward import input_signal, weight_updates
 from creditlab.errors import UsageError
 from creditlab.rules.base import Option, Rule
-from creditlab.rules.machinery.blocks import (
+from creditlab.rules.dni_synthesizers import (
     SYNTH_KINDS,
     SYNTH_OPTIMIZERS,
     Oracle,

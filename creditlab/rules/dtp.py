@@ -4,7 +4,7 @@ Every hidden group gets a target activity h^_j instead of an error signal, and m
 by its own local loss E_j = 0.5 ||z_j - h^_j||^2 (creditlab.rules.machinery.local). Targets
 travel down a chain
 input -> h1 -> ... -> hL -> output through learned inverses g_k
-(creditlab.rules.machinery.inverses), with the
+(creditlab.rules.dtp_inverses), with the
 difference correction that makes the scheme work with imperfect inverses:
 
     top="gradient" (DTP, Lee et al.; Bartunov et al.'s DTP):
@@ -46,7 +46,7 @@ from creditlab.engine.backward import incoming_signal, local_delta, transpose_fe
 from creditlab.engine.network import Network, Trace, weight_name
 from creditlab.errors import UsageError
 from creditlab.rules.base import Option, Rule
-from creditlab.rules.machinery.inverses import (
+from creditlab.rules.dtp_inverses import (
     INVERSE_OPTIMIZERS,
     InverseMappings,
     chain,

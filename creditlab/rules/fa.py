@@ -8,19 +8,15 @@ it.
 The scale: B_jk's entries have `scale` times the standard deviation of W_jk's own
 initialisation (Glorot or He, see Network.init_std), so the errors reaching each
 group keep a fixed proportion to backpropagation's at the start and neither vanish nor explode
-with depth. The default is half: with the full size (scale 1), the default SGD (lr 0.05,
-momentum 0.9) was unstable on MNIST (784-256-256-10 on 10,000 examples, 3 epochs: training loss
-rising to 7.5, validation accuracy 86.1%; 784-1000-1000-10, 2 epochs: loss 1.6, 91.8%), while
-scale 0.5 trained smoothly (90.5%; 95.0%), the best of 0.1, 0.25, 0.5, 1, 2 and 4. Before B
-and the forward weights align, the hidden updates are not descent directions, and large ones
-inflate the hidden activity on which the output layer's exact step acts.
+with depth. The default is half: before B and the forward weights align, the hidden updates
+are not descent directions, and large ones inflate the hidden activity on which the output
+layer's exact step acts (at scale 1 the default SGD was unstable on MNIST).
 
-The start matters more than the scale on conv nets: with relu LeNet the rule barely learnt
-while the output layer's random initial weights were unrelated to B (the hidden groups grew
-and died), and learnt from output weights starting at zero, as feedback alignment needs
-(see docs/conv-and-capsules.md). So the rule recommends output_init "zero"
-(training/output_init.py; `--output-init random` restores the drawn start): on dense MLPs
-the start made no consistent difference either way (docs/comparing-and-tuning.md).
+The rule recommends output_init "zero" (training/output_init.py; `--output-init random`
+restores the drawn start): feedback alignment needs the output layer's weights to come to
+agree with B, which random initial weights unrelated to B hinder on conv nets.
+
+The measurements behind both choices are in docs/results/rule-notes.md.
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ dE_j/dz_j = 2 z_j dE_j/dG_j becomes the update of the weights into j by
 creditlab.rules.machinery.local.local_updates. Readers of j receive z_j length-normalised
 (Network.forward's
 emit) and nothing travels back, so that update depends on j's own loss alone. Peer
-normalisation (`peer`) adds Hinton's regulariser; the machinery is in creditlab/goodness.py.
+normalisation (`peer`) adds Hinton's regulariser; the machinery is in
+creditlab/rules/ff_goodness.py.
 
 The network's output group is the linear readout. It learns by the network's own loss, its error
 kept to its own weights, on a pass with the neutral label (every label value 1/n_classes), from
@@ -44,7 +45,7 @@ import torch
 from creditlab.engine.network import Network, Trace
 from creditlab.errors import UsageError
 from creditlab.rules.base import Option, Rule
-from creditlab.rules.machinery.goodness import (
+from creditlab.rules.ff_goodness import (
     LOSSES,
     PeerNormalisation,
     check_input,

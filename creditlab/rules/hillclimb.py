@@ -11,12 +11,9 @@ that beats the current loss and by `shrink` for every one that does not, so it s
 fraction ln(1/shrink) / ln(grow / shrink) of the proposals improve, whatever their number. The
 defaults aim at 45%: in many dimensions a small random step improves a smooth loss about half
 the time, so a step at which nearly half improve is still in the near-linear regime, where
-beating the batch loss says something about the loss on other batches. With 1.1 and 0.97
-(24%, near Rechenberg's one-fifth rule) and the adaptation counted per step, MNIST (784-100-10,
-batch 512, 8 proposals) drove the step size up a hundredfold in 20 epochs: the accepted steps
-fitted the noise of each batch, the training loss climbed to 121 and after 313 epochs
-overflowed. Counted per proposal at 24% the loss still climbed (1.1 at epoch 10, 10 at epoch
-40); at 45% it fell (1.32 at epoch 10, 0.85 at epoch 20).
+beating the batch loss says something about the loss on other batches. A lower rate (such as
+Rechenberg's one-fifth) lets the accepted steps fit the noise of each batch (what was
+measured: docs/results/rule-notes.md).
 """
 
 from __future__ import annotations

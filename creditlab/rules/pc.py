@@ -5,7 +5,7 @@ to lower the summed prediction-error energy F = sum_j 0.5 ||v_j - mu_j||^2 + gam
 loss pulls on the output's prediction (for mse with gamma = 1: the output clamped to the
 target). Then every weight changes by the product of its presynaptic value v_i and its
 postsynaptic error f_j'(s_j) * eps_j, nothing else. The energy and its relaxation are in
-creditlab/energy.py.
+creditlab/rules/pc_energy.py.
 
 Options: `steps` (T) and `rate` (the inference rate) set the relaxation; `output_scale` (gamma)
 how hard the loss pulls, the output's precision relative to the hidden groups' (Whittington and
@@ -29,8 +29,8 @@ import torch
 from creditlab.engine.backward import weight_updates
 from creditlab.errors import TrainingError, UsageError
 from creditlab.rules.base import Option, Rule
-from creditlab.rules.machinery.energy import relax, relax_fixed_prediction
 from creditlab.rules.machinery.space import SearchSpace, optimiser_space
+from creditlab.rules.pc_energy import relax, relax_fixed_prediction
 
 Tensor = torch.Tensor
 

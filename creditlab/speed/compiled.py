@@ -18,10 +18,11 @@ parameters, the optimiser's buffers, the count and the rate are marked as static
 the graph updates them where they live instead of copying them in and out at every replay.
 
 Batches: the training data is on the device from the start and each epoch's order is applied
-there (train.py); a step's batch is a slice of it, which is copied into the graph's own input
-buffers before each replay (two device-to-device copies, about 0.4 MB at batch 128 on MNIST).
-Indexing the epoch's data inside the graph, from a device step counter, would save those two
-copies at the price of a static buffer per epoch; not done, as it was not measured to matter.
+there (training/trainer.py); a step's batch is a slice of it, which is copied into the graph's
+own input buffers before each replay (two device-to-device copies, about 0.4 MB at batch 128 on
+MNIST). Indexing the epoch's data inside the graph, from a device step counter, would save
+those two copies at the price of a static buffer per epoch; not done, as it was not measured
+to matter.
 
 A step is compiled once per batch shape (the full batches and the epoch's last, shorter one).
 Rules whose step cannot be captured fall back to eager, and the training loop says why in one

@@ -128,8 +128,8 @@ class Stack:
     ) -> tuple[Tensor | None, dict[str, Tensor]]:
         """updates(x, y) and then opt.update on the stacked parameters, as one compiled unit
         (one CUDA graph on a GPU) for a compiled stack whose members share one optimiser:
-        opt_state and lr in their captured form (captured.CapturedOptimizer). Returns the
-        batch losses (K,) and the metrics."""
+        opt_state and lr in their captured form (CapturedOptimizer, speed/compiled.py).
+        Returns the batch losses (K,) and the metrics."""
         if not self.compiled:
             raise ValueError("step_and_apply is for a compiled stack; call updates")
         extra, state = self.plan.extra(self.nets), self.plan.state

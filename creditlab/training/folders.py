@@ -16,6 +16,12 @@ from pathlib import Path
 
 from creditlab.errors import UsageError
 
+# A folder's own bookkeeping (training/locks.py): its lock and the record of its kind. No
+# command counts them as the folder's files.
+LOCK_NAME = ".creditlab.lock"
+KIND_NAME = ".creditlab.json"
+OURS = (LOCK_NAME, KIND_NAME)
+
 TRAIN_KIND = "creditlab-train"
 RUN_FILES = ("checkpoint.pt", "best.pt", "module.pt", "results.json", "config.json")
 
@@ -49,8 +55,6 @@ def check_writable(folder: Path, flag: str = "--out") -> None:
 def is_empty(folder: Path) -> bool:
     """No files but, perhaps, the temporary files of an atomic write cut short by a crash, and
     the folder's lock and kind (training/locks.py)."""
-    from creditlab.training.locks import OURS
-
     return not any(
         not (p.name.startswith(".") and p.name.endswith(".tmp")) and p.name not in OURS
         for p in folder.iterdir()

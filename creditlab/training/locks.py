@@ -32,10 +32,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from creditlab.errors import UsageError
+from creditlab.training import folders
+from creditlab.training.folders import KIND_NAME, LOCK_NAME, OURS
 
-LOCK_NAME = ".creditlab.lock"
-KIND_NAME = ".creditlab.json"
-OURS = (LOCK_NAME, KIND_NAME)  # our bookkeeping, which no command counts as a folder's files
+# LOCK_NAME, KIND_NAME and OURS (our bookkeeping files) are named in folders.py, which
+# counts a folder's files without them.
 KINDS = ("train", "compare", "tune", "gan", "gan-compare", "sample")
 
 
@@ -188,8 +189,6 @@ def hold(
     if kind not in KINDS:
         raise ValueError(f"unknown folder kind {kind!r}")
     folder = Path(folder)
-    from creditlab.training import folders
-
     folders.check_writable(folder, flag)
     check_kind(folder, kind, flag)
     created = not folder.exists()

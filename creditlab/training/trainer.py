@@ -33,9 +33,9 @@ from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer, pars
 from creditlab.rules import Rule, rule
 from creditlab.speed.compiled import CompiledStep, compile_problem
 from creditlab.training import checkpoint, folders, guards, settings
-from creditlab.training.config import TrainConfig  # (re-exported: its home until the split)
+from creditlab.training.config import TrainConfig  # (callers may import it from here too)
 from creditlab.training.diagnostics import probe
-from creditlab.training.loop import EpochLoop, batch_slice, synchronize
+from creditlab.training.loop import EpochLoop, batch_slice
 from creditlab.training.output_init import apply_output_init, zero_applies
 
 Tensor = torch.Tensor
@@ -430,9 +430,6 @@ class Trainer:
             if self.out_dir and self.epoch
             else "no checkpoint was written"
         )
-
-    def _sync(self) -> None:
-        synchronize(self.device)
 
     # ---- results --------------------------------------------------------------------------
     def config_record(self) -> dict[str, Any]:

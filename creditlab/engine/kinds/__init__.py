@@ -1,32 +1,19 @@
-"""The kinds of connection a group can have, one file each, found by name."""
+"""The kinds of connection a group can have, one file each, found by name.
+
+Every module of this package is imported here, and each Kind subclass that sets `name`
+registers itself in KINDS (kinds/base.py): adding a kind is adding its file, plus a builder
+method on Network (engine/network.py) that passes its options. See docs/writing-a-kind.md.
+"""
 
 from __future__ import annotations
 
-from creditlab.engine.kinds.add import Add
-from creditlab.engine.kinds.base import Kind
-from creditlab.engine.kinds.batch_norm import BatchNorm
-from creditlab.engine.kinds.capsules import PrimaryCapsules, RoutedCapsules
-from creditlab.engine.kinds.conv import Conv
-from creditlab.engine.kinds.conv_transpose import ConvTranspose
-from creditlab.engine.kinds.dense import Dense
-from creditlab.engine.kinds.global_pool import GlobalPool
-from creditlab.engine.kinds.mask import Mask
-from creditlab.engine.kinds.pool import Pool
+import importlib
+import pkgutil
 
-KINDS: dict[str, Kind] = {
-    k.name: k
-    for k in (
-        Dense(),
-        Conv(),
-        ConvTranspose(),
-        Pool(),
-        PrimaryCapsules(),
-        RoutedCapsules(),
-        Mask(),
-        BatchNorm(),
-        Add(),
-        GlobalPool(),
-    )
-}
+from creditlab.engine.kinds.base import KINDS, Kind, KindOption, RandomGraph
 
-__all__ = ["KINDS", "Kind"]
+__all__ = ["KINDS", "Kind", "KindOption", "RandomGraph"]
+
+# dense first: the kind of every plain network leads the registry (and gradcheck's checks).
+for _name in ["dense", *(m.name for m in pkgutil.iter_modules(__path__) if m.name != "dense")]:
+    importlib.import_module(f"{__name__}.{_name}")

@@ -9,7 +9,10 @@ activation cannot join the group before it).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from creditlab.engine.kinds.base import Kind
+from creditlab.engine.kinds.batch_norm import RESIDUAL_GRAPH
 from creditlab.errors import GraphError
 
 
@@ -19,6 +22,11 @@ class Add(Kind):
     biased = False
     many_inputs = True
     exact = True
+    options: ClassVar[dict] = {}
+    random_graph = RESIDUAL_GRAPH
+
+    def reference(self, net, group, inputs, W, b, labels):
+        return sum(inputs)
 
     def shape(self, net, group):
         shapes = [net.groups[i].shape for i in group.ins]

@@ -15,7 +15,10 @@ with no parameters (pooling, mask) carries its signal exactly; no rule can chang
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
@@ -25,6 +28,47 @@ Tensor = torch.Tensor
 # Set in a trace's cache by a sweep whose caller computes every weight gradient next (bp and
 # the feedback rules): a kind may then compute its gradient with its signal, in one kernel call.
 WEIGHT_GRADS_FOLLOW = "weight_grads_follow"
+
+# Every kind by name, one instance each: a Kind subclass that sets `name` registers itself
+# when its module is imported (kinds/__init__.py imports every module of the package).
+KINDS: dict[str, Kind] = {}
+
+REQUIRED = object()  # an option's default when the builder must be given a value
+
+
+@dataclass(frozen=True)
+class KindOption:
+    """One option of a kind (kernel, stride, ...): its type, default and what it accepts.
+
+    `default` may be REQUIRED, a value, or a function of the options before it (pooling's
+    stride defaults to its kernel). Integers must be >= `minimum`; `choices` lists the valid
+    values of a string, and `label` names it in messages ("unknown pooling 'median'")."""
+
+    type: type
+    default: Any = REQUIRED
+    minimum: int | None = None
+    choices: tuple[str, ...] | None = None
+    label: str = ""
+    help: str = ""
+    # Further checks of a value: check(key, value, group) raises a UsageError naming both.
+    check: Callable[[str, Any, str], None] | None = None
+
+
+@dataclass(frozen=True)
+class RandomGraph:
+    """A family of small random float64 networks that gradcheck (checks/gradcheck.py) checks
+    the engine's backward sweep on, against autograd over the kinds' references and against
+    finite differences. `build(net, rng, variant, trial)` builds one into the empty `net`
+    (outputs included), drawing from `rng`; trial t is checked once per variant in
+    `variants(t)`. Several kinds may share one family (pooling appears in the convolutions'
+    graphs)."""
+
+    case: str  # how gradcheck names a check, "{variant}" filled in ("conv", "capsules exact")
+    build: Callable[[Any, random.Random, str, int], None]
+    variants: Callable[[int], list[str]] = lambda trial: [""]
+    # Whether the input is an image in [0, 1] (a reconstruction's target): gradcheck then
+    # passes its random batch through a sigmoid.
+    unit_input: bool = False
 
 
 class Kind:
@@ -48,6 +92,63 @@ class Kind:
     def initial_buffers(self, net: Any, group: Any) -> dict[str, Tensor]:
         """The group's non-trained state by name (batch norm's running statistics)."""
         return {}
+
+    # The options a group of this kind takes, in the builder's order; None: not declared.
+    options: ClassVar[dict[str, KindOption] | None] = None
+    # The random networks gradcheck checks this kind in; None: not declared.
+    random_graph: ClassVar[RandomGraph | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        if "name" in vars(cls) and cls.name:  # (a subclass that keeps its parent's name
+            KINDS[cls.name] = cls()  # does not replace it)
+
+    def check_options(self, given: dict[str, Any], group: str) -> dict[str, Any]:
+        """The group's options, every one checked against the schema and unset ones filled
+        with their defaults; GraphError or UsageError naming the group otherwise."""
+        schema = self.options or {}
+        unknown = sorted(set(given) - set(schema))
+        if unknown:
+            valid = ", ".join(schema) or "none"
+            raise GraphError(
+                f"group {group!r} ({self.name}) has no option(s) {', '.join(unknown)}; "
+                f"valid: {valid}"
+            )
+        options: dict[str, Any] = {}
+        for key, option in schema.items():
+            value = given.get(key, REQUIRED)
+            if value is REQUIRED or (value is None and callable(option.default)):
+                value = option.default(options) if callable(option.default) else option.default
+            if value is REQUIRED:
+                raise GraphError(f"group {group!r} ({self.name}) needs option {key!r}")
+            options[key] = _checked(key, option, value, group)
+        return options
+
+    def exact_gradient(self, group: Any) -> bool:
+        """Whether the backward sweep through this group is the loss's exact gradient (False
+        where the kind holds something constant on the way back by design; gradcheck then
+        checks it against autograd over its reference alone, not finite differences)."""
+        return True
+
+    def reference(
+        self,
+        net: Any,
+        group: Any,
+        inputs: list[Tensor],
+        W: dict[str, Tensor],
+        b: Tensor | None,
+        labels: Tensor | None,
+    ) -> Tensor:
+        """s_j written with torch.nn.functional: the independent forward pass that gradcheck
+        runs autograd over. `inputs`: the activities z_i of the groups it reads (in the order
+        of group.ins), flat (N, size_i); `W`: W_ij by i; `b`: b_j (None without a bias);
+        `labels`: the batch's targets (for kinds that read them while training). Any shape
+        of N rows. Written apart from `forward`, so that a mistake in one cannot hide behind
+        the other."""
+        raise NotImplementedError(
+            f"kind {self.name!r} declares no reference forward (Kind.reference); "
+            "see docs/writing-a-kind.md"
+        )
 
     def shape(self, net: Any, group: Any) -> tuple[int, ...]:
         """Group j's shape per example, checking what it reads (GraphError naming j)."""
@@ -108,6 +209,39 @@ class Kind:
 
     def bias_grad(self, group: Any, delta: Tensor) -> Tensor:
         return delta.sum(dim=0).mul_(1.0 / delta.shape[0])
+
+
+def _checked(key: str, option: KindOption, value: Any, group: str) -> Any:
+    if option.check is not None:
+        option.check(key, value, group)
+    if option.type is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{key} must be True or False, got {value!r}")
+    elif option.type is int:
+        low = option.minimum if option.minimum is not None else -(2**63)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise GraphError(
+                f"{key} of group {group!r} must be an integer >= {option.minimum}, got {value!r}"
+            )
+    elif option.choices is not None and value not in option.choices:
+        raise UsageError(
+            f"unknown {option.label or key} {value!r}; valid: {', '.join(option.choices)}"
+        )
+    elif not isinstance(value, option.type):
+        raise GraphError(
+            f"{key} of group {group!r} must be a {option.type.__name__}, got {value!r}"
+        )
+    return value
+
+
+def random_biases(net: Any, scale: float = 0.5) -> None:
+    """Nonzero biases for a random graph (gradcheck): they exercise dE/db and keep s off the
+    kinks of relu and its kin (where finite differences see half slopes)."""
+    for bias in net.b.values():
+        drawn = torch.randn(
+            bias.shape, generator=torch.Generator().manual_seed(net.seed), dtype=bias.dtype
+        )
+        bias.copy_(drawn * scale if scale != 1.0 else drawn)
 
 
 def accumulate(out: Tensor | None, value: Tensor) -> Tensor:

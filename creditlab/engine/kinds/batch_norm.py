@@ -35,8 +35,17 @@ autograd through the formulas written out.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from creditlab.engine.kinds.base import Kind, accumulate, image_of
+from creditlab.engine.kinds.base import (
+    Kind,
+    KindOption,
+    RandomGraph,
+    accumulate,
+    image_of,
+    random_biases,
+)
+from creditlab.engine.losses import LOSSES
 from creditlab.errors import UsageError
 
 Tensor = torch.Tensor
@@ -49,9 +58,86 @@ def features_view(net, group, value: Tensor) -> Tensor:
     return value.reshape(value.shape[0], features, -1)
 
 
+def _momentum(key: str, value, group: str) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1
+    ):
+        raise UsageError(
+            f"momentum of group {group!r} must be a number in [0, 1] or None, got {value!r}"
+        )
+
+
+def _eps(key: str, value, group: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise UsageError(f"eps of group {group!r} must be a number > 0, got {value!r}")
+
+
+def random_residual_graph(net, rng, loss: str, trial: int) -> None:
+    """A small random residual graph: an image input, a convolution without bias and 2-D batch
+    norm, one or two residual blocks (conv-bn-act-conv-bn, the shortcut the identity or, where
+    the stride or channels change, a 1x1 convolution with batch norm), added and activated;
+    then global average or max pooling, a dense group without bias, 1-D batch norm and a dense
+    output. Random activations, strides, channels, momenta and eps; gamma and beta drawn away
+    from 1 and 0 so that both matter."""
+    acts = ["relu", "tanh", "elu", "gelu", "softplus", "leaky_relu:0.2", "sigmoid"]
+    side = rng.randint(5, 7)
+    x = net.input((rng.randint(1, 2), side, side))
+
+    def conv_bn(src, channels, kernel, stride, act):
+        c = net.conv(
+            src, channels, kernel, stride, padding=kernel // 2, activation="identity", bias=False
+        )
+        momentum = rng.choice([0.1, 0.3, None])
+        return net.batch_norm(c, momentum=momentum, eps=rng.choice([1e-5, 1e-3]), activation=act)
+
+    h = conv_bn(x, rng.randint(2, 3), 3, 1, rng.choice(acts))
+    for _ in range(rng.randint(1, 2)):
+        stride = rng.choice([1, 1, 2]) if min(h.shape[1:]) >= 4 else 1
+        channels = h.shape[0] if rng.random() < 0.5 else rng.randint(2, 4)
+        branch = conv_bn(h, channels, 3, stride, rng.choice(acts))
+        branch = conv_bn(branch, channels, 3, 1, "identity")
+        if stride == 1 and channels == h.shape[0]:
+            shortcut = h
+        else:
+            shortcut = conv_bn(h, channels, 1, stride, "identity")
+        h = net.add([branch, shortcut], activation=rng.choice(acts))
+    h = net.global_pool(h) if rng.random() < 0.6 else net.pool(h, 2, kind="max")
+    d = net.dense(h, rng.randint(3, 5), activation="identity", bias=False)
+    d = net.batch_norm(d, momentum=0.1, activation=rng.choice(acts))
+    out = net.dense(d, rng.randint(2, 4), activation="identity", name="out")
+    net.output(out, loss=loss)
+    random_biases(net)
+    g = torch.Generator().manual_seed(net.seed + 7)
+    for (_, j), W in net.W.items():
+        if net.groups[j].kind == "batch_norm":
+            W.copy_(1.0 + 0.5 * torch.randn(W.shape, generator=g, dtype=W.dtype))
+
+
+# Batch norm, residual additions, global pooling and layers without bias share one family;
+# trial t's loss is the t-th, in turn.
+RESIDUAL_GRAPH = RandomGraph(
+    "residual+batch_norm",
+    random_residual_graph,
+    lambda trial: [list(LOSSES)[trial % len(LOSSES)]],
+)
+
+
 class BatchNorm(Kind):
     name = "batch_norm"
     exact = True  # the signal back is always the true batch-norm backward
+    options = {
+        "momentum": KindOption(object, 0.1, check=_momentum, help="None: cumulative average"),
+        "eps": KindOption(object, 1e-5, check=_eps, help="added to the variance"),
+        "spatial": KindOption(bool, False, help="per channel of an image (BatchNorm2d)"),
+    }
+    random_graph = RESIDUAL_GRAPH
+
+    def reference(self, net, group, inputs, W, b, labels):
+        (i,) = group.ins
+        o = group.options
+        u = inputs[0].view(-1, *net.groups[i].shape) if o["spatial"] else inputs[0]
+        # batch statistics, as in a training pass (gradcheck's)
+        return F.batch_norm(u, None, None, W[i], b, training=True, eps=o["eps"])
 
     def shape(self, net, group):
         (i,) = group.ins

@@ -25,9 +25,18 @@ dE/du_hat_j|i = c_ij dE/ds_j, as several published implementations do (they deta
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from creditlab.engine.activations import squash, squash_vjp
-from creditlab.engine.kinds.base import Kind, accumulate, bilinear_tangent, capsules_of
+from creditlab.engine.kinds.base import (
+    Kind,
+    KindOption,
+    RandomGraph,
+    accumulate,
+    bilinear_tangent,
+    capsules_of,
+    random_biases,
+)
 from creditlab.engine.kinds.conv import (
     conv_forward,
     conv_geometry,
@@ -39,8 +48,69 @@ from creditlab.engine.kinds.conv import (
 Tensor = torch.Tensor
 
 
+def reference_squash(s: Tensor) -> Tensor:
+    """The squash, written plainly for the references: |s|^2 / (1 + |s|^2) s / |s|."""
+    norm = s.norm(dim=-1, keepdim=True)
+    return norm**2 / (1 + norm**2) * s / norm
+
+
+def random_capsule_graph(net, rng, mode: str = "exact", trial: int = 0) -> None:
+    """A small random capsule network: conv, primary capsules, routed capsules (1-3 routing
+    iterations; mode "exact" differentiates through the routing, "constant-c" holds the
+    couplings constant) with a margin output, and a mask read by a decoder with a weighted
+    reconstruction output."""
+    side = rng.randint(5, 6)
+    x = net.input((1, side, side))
+    c = net.conv(x, rng.randint(2, 3), kernel=2, activation="tanh")
+    pc = net.primary_capsules(
+        c, types=rng.randint(1, 2), dim=rng.randint(2, 3), kernel=2, stride=rng.randint(1, 2)
+    )
+    dc = net.capsules(
+        pc,
+        n=rng.randint(2, 3),
+        dim=rng.randint(2, 4),
+        routing=rng.randint(1, 3),
+        routing_gradient=mode == "exact",
+    )
+    net.output(dc, loss="margin")
+    m = net.mask(dc)
+    r = net.dense(net.dense(m, 4, activation="tanh"), side * side, activation="sigmoid")
+    net.output(r, loss="reconstruction", weight=0.5)
+    random_biases(net)
+    # Larger transformations than the initial ones, so that capsules reach the margins' range.
+    for key, W in net.W.items():
+        if net.groups[key[1]].kind == "capsules":
+            W.mul_(8.0)
+
+
+# Both routing modes in every trial; the input is an image in [0, 1], the reconstruction's
+# target.
+CAPSULE_GRAPH = RandomGraph(
+    "capsules {variant}",
+    random_capsule_graph,
+    lambda trial: ["exact", "constant-c"],
+    unit_input=True,
+)
+
+
 class PrimaryCapsules(Kind):
     name = "primary_capsules"
+    options = {
+        "types": KindOption(int, minimum=1, help="capsule types (maps of capsules)"),
+        "dim": KindOption(int, minimum=1, help="numbers per capsule"),
+        "kernel": KindOption(int, 9, minimum=1),
+        "stride": KindOption(int, 2, minimum=1),
+        "padding": KindOption(int, 0, minimum=0),
+    }
+    random_graph = CAPSULE_GRAPH
+
+    def reference(self, net, group, inputs, W, b, labels):
+        (i,) = group.ins
+        u = inputs[0].view(-1, *net.groups[i].shape)
+        o = group.options
+        s = F.conv2d(u, W[i], b, o["stride"], o["padding"])
+        n, _, h, w = s.shape
+        return s.view(n, o["types"], o["dim"], h, w).permute(0, 1, 3, 4, 2)
 
     def _conv_shape(self, net, group) -> tuple[int, int, int]:
         o = group.options
@@ -134,6 +204,33 @@ def agreement(u_hat: Tensor, v: Tensor) -> Tensor:
 class RoutedCapsules(Kind):
     name = "capsules"
     biased = False
+    options = {
+        "n": KindOption(int, minimum=1, help="capsules"),
+        "dim": KindOption(int, minimum=1, help="numbers per capsule"),
+        "routing": KindOption(int, 3, minimum=1, help="iterations of routing by agreement"),
+        "routing_gradient": KindOption(
+            bool, True, help="differentiate through the routing (False: couplings constant)"
+        ),
+    }
+    random_graph = CAPSULE_GRAPH
+
+    def exact_gradient(self, group):
+        return group.options["routing_gradient"]  # False: the couplings held constant
+
+    def reference(self, net, group, inputs, W, b, labels):
+        (i,) = group.ins
+        u = inputs[0].view(-1, *net.groups[i].shape)
+        o = group.options
+        u_hat = torch.einsum("ijdk,nik->nijd", W[i], u)
+        b_ij = torch.zeros(u_hat.shape[:3], dtype=u.dtype)
+        for t in range(o["routing"]):
+            c = torch.softmax(b_ij, dim=2)
+            if not o["routing_gradient"]:
+                c = c.detach()
+            s = (c.unsqueeze(3) * u_hat).sum(dim=1)
+            if t + 1 < o["routing"]:
+                b_ij = b_ij + (u_hat * reference_squash(s).unsqueeze(1)).sum(dim=3)
+        return s
 
     def shape(self, net, group):
         (i,) = group.ins

@@ -16,11 +16,15 @@ import torch.nn.functional as F
 from creditlab.engine.kinds.base import (
     WEIGHT_GRADS_FOLLOW,
     Kind,
+    KindOption,
+    RandomGraph,
     accumulate,
     bilinear_tangent,
     image_of,
     out_size,
+    random_biases,
 )
+from creditlab.engine.losses import LOSSES
 
 Tensor = torch.Tensor
 
@@ -76,8 +80,61 @@ def conv_weight_grad(x: Tensor, delta: Tensor, W: Tensor, stride: int, padding: 
     return grad_w
 
 
+def random_conv_graph(net, rng, loss: str, trial: int = 0) -> None:
+    """A small random convolutional graph: an image input, one or two convolutions (random
+    kernel, stride and padding), max or average pooling, and a dense output reading the last
+    image group and, sometimes, an earlier one as well (a merge)."""
+    x = net.input((rng.randint(1, 2), rng.randint(6, 8), rng.randint(6, 8)))
+    acts = ["tanh", "sigmoid", "softplus", "elu", "gelu", "identity"]
+    images = [x]
+    for _ in range(rng.randint(1, 2)):
+        padding = rng.randint(0, 1)
+        side = min(images[-1].shape[1:]) + 2 * padding
+        images.append(
+            net.conv(
+                images[-1],
+                rng.randint(1, 3),
+                kernel=rng.randint(1, min(3, side)),
+                stride=rng.randint(1, 2),
+                padding=padding,
+                activation=rng.choice(acts),
+            )
+        )
+        _, h, w = images[-1].shape
+        if min(h, w) >= 2 and rng.random() < 0.7:
+            kernel = 2
+            images.append(net.pool(images[-1], kernel, kind=rng.choice(["max", "avg"])))
+    ins = [images[-1], *rng.sample(images[1:-1], min(1, len(images) - 2))]
+    out = net.dense(ins, rng.randint(2, 4), activation="identity", name="out")
+    net.output(out, loss=loss)
+    random_biases(net)
+
+
+# Trial t's loss is the t-th, in turn; pooling is drawn in most graphs (gradcheck's trials
+# draw both modes).
+CONV_GRAPH = RandomGraph(
+    "conv",
+    random_conv_graph,
+    lambda trial: [list(LOSSES)[trial % len(LOSSES)]],
+)
+
+
 class Conv(Kind):
     name = "conv"
+    options = {
+        "channels": KindOption(int, minimum=1, help="output channels (kernels)"),
+        "kernel": KindOption(int, 3, minimum=1, help="kernel height and width"),
+        "stride": KindOption(int, 1, minimum=1),
+        "padding": KindOption(int, 0, minimum=0, help="zeros around the image"),
+        "bias": KindOption(bool, True, help="a bias per output channel"),
+    }
+    random_graph = CONV_GRAPH
+
+    def reference(self, net, group, inputs, W, b, labels):
+        (i,) = group.ins
+        u = inputs[0].view(-1, *net.groups[i].shape)
+        o = group.options
+        return F.conv2d(u, W[i], b, o["stride"], o["padding"])
 
     def shape(self, net, group):
         return conv_output(net, group, group.options["channels"])

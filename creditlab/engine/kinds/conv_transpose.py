@@ -19,8 +19,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-from creditlab.engine.kinds.base import Kind, accumulate, bilinear_tangent, image_of
+from creditlab.engine.kinds.base import (
+    Kind,
+    KindOption,
+    RandomGraph,
+    accumulate,
+    bilinear_tangent,
+    image_of,
+    random_biases,
+)
 from creditlab.engine.kinds.conv import Conv
+from creditlab.engine.losses import LOSSES
 from creditlab.errors import GraphError
 
 Tensor = torch.Tensor
@@ -36,8 +45,54 @@ def deconv_options(group) -> tuple[int, int, int, int]:
     return o["kernel"], o["stride"], o["padding"], o["output_padding"]
 
 
+def random_upsampling_graph(net, rng, loss: str = "mse", trial: int = 0) -> None:
+    """A small random upsampling graph, a generator's shape: a vector input, a dense group
+    shaped as an image (C, H, W), one or two transposed convolutions (random kernel, stride,
+    padding and output_padding), sometimes a convolution, and a dense output."""
+    x = net.input(rng.randint(2, 4))
+    acts = ["tanh", "sigmoid", "softplus", "elu", "gelu", "leaky_relu:0.2"]
+    image = net.dense(x, (rng.randint(1, 2), rng.randint(2, 3), rng.randint(2, 3)), "tanh")
+    for _ in range(rng.randint(1, 2)):
+        stride, kernel = rng.randint(1, 3), rng.randint(1, 4)
+        image = net.conv_transpose(
+            image,
+            rng.randint(1, 2),
+            kernel=kernel,
+            stride=stride,
+            padding=rng.randint(0, 1) if kernel > 1 else 0,
+            output_padding=rng.randint(0, stride - 1),
+            activation=rng.choice(acts),
+        )
+    if rng.random() < 0.5:
+        image = net.conv(image, 2, kernel=min(2, *image.shape[1:]), activation=rng.choice(acts))
+    out = net.dense(image, rng.randint(2, 4), activation="identity", name="out")
+    net.output(out, loss=loss)
+    random_biases(net)
+
+
+UPSAMPLING_GRAPH = RandomGraph(
+    "conv_transpose",
+    random_upsampling_graph,
+    lambda trial: [list(LOSSES)[trial % len(LOSSES)]],
+)
+
+
 class ConvTranspose(Kind):
     name = "conv_transpose"
+    options = {
+        "channels": KindOption(int, minimum=1, help="output channels"),
+        "kernel": KindOption(int, 4, minimum=1),
+        "stride": KindOption(int, 2, minimum=1),
+        "padding": KindOption(int, 1, minimum=0, help="trimmed from the output's border"),
+        "output_padding": KindOption(int, 0, minimum=0, help="rows added at the far edge"),
+    }
+    random_graph = UPSAMPLING_GRAPH
+
+    def reference(self, net, group, inputs, W, b, labels):
+        (i,) = group.ins
+        u = inputs[0].view(-1, *net.groups[i].shape)
+        o = group.options
+        return F.conv_transpose2d(u, W[i], b, o["stride"], o["padding"], o["output_padding"])
 
     def shape(self, net, group):
         (i,) = group.ins

@@ -8,14 +8,53 @@ from __future__ import annotations
 
 import torch
 
-from creditlab.engine.kinds.base import Kind
+from creditlab.engine.activations import ACTIVATIONS
+from creditlab.engine.kinds.base import Kind, RandomGraph, random_biases
+from creditlab.engine.losses import LOSSES
 
 Tensor = torch.Tensor
+
+
+def random_dag(net, rng, loss: str, activations: list[str], n_hidden: int = 4) -> None:
+    """A small random DAG: groups read 1-3 earlier groups; the output reads every group that
+    nobody else reads, so each group feeds one or more others."""
+    groups = [net.input(rng.randint(2, 5))]
+    for k in range(n_hidden):
+        ins = rng.sample(groups, rng.randint(1, min(3, len(groups))))
+        groups.append(
+            net.dense(ins, rng.randint(2, 5), activation=activations[k % len(activations)])
+        )
+    read = {i for g in groups for i in g.ins}
+    ins = [g for g in groups[1:] if g.name not in read]
+    extra = [g for g in groups if g not in ins]
+    ins += rng.sample(extra, min(len(extra), rng.randint(0, 2)))
+    out_act = "identity" if loss != "mse" else rng.choice(activations)
+    out = net.dense(ins, rng.randint(2, 4), activation=out_act, name="out")
+    net.output(out, loss=loss)
+    random_biases(net, 1.0)
+
+
+def _dag_of_trial(net, rng, loss: str, trial: int) -> None:
+    """Trial t's DAG: every loss, and the activations rotated by t (every one is hidden and,
+    under mse, the output's)."""
+    names = list(ACTIVATIONS)
+    shift = trial % len(names)
+    random_dag(net, rng, loss, names[shift:] + names[:shift])
 
 
 class Dense(Kind):
     name = "dense"
     many_inputs = True
+    options = {}  # the size and the groups read are the builder's own arguments
+    random_graph = RandomGraph(
+        "loss={variant}",
+        _dag_of_trial,
+        lambda trial: list(LOSSES),
+    )
+
+    def reference(self, net, group, inputs, W, b, labels):
+        s = sum(z_i @ W[i] for i, z_i in zip(group.ins, inputs, strict=True))
+        return s if b is None else s + b
 
     def shape(self, net, group):
         return group.shape  # (size,), or the image shape it was given: stored flat either way

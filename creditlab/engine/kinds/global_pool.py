@@ -7,7 +7,12 @@ exactly, whatever the rule.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import torch.nn.functional as F
+
 from creditlab.engine.kinds.base import Kind, accumulate, image_of
+from creditlab.engine.kinds.batch_norm import RESIDUAL_GRAPH
 
 
 class GlobalPool(Kind):
@@ -15,6 +20,12 @@ class GlobalPool(Kind):
     weighted = False
     biased = False
     exact = True
+    options: ClassVar[dict] = {}
+    random_graph = RESIDUAL_GRAPH
+
+    def reference(self, net, group, inputs, W, b, labels):
+        (i,) = group.ins
+        return F.adaptive_avg_pool2d(inputs[0].view(-1, *net.groups[i].shape), 1)
 
     def shape(self, net, group):
         (i,) = group.ins

@@ -11,12 +11,21 @@ from __future__ import annotations
 import torch
 
 from creditlab.engine.kinds.base import Kind, accumulate, capsules_of
+from creditlab.engine.kinds.capsules import CAPSULE_GRAPH
 
 
 class Mask(Kind):
     name = "mask"
     weighted = False
     biased = False
+    options = {}
+    random_graph = CAPSULE_GRAPH  # its decoder reads the mask
+
+    def reference(self, net, group, inputs, W, b, labels):
+        (i,) = group.ins
+        u = inputs[0].view(-1, *net.groups[i].shape)
+        keep = torch.nn.functional.one_hot(labels, u.shape[1]).to(u.dtype)  # as while training
+        return u * keep.unsqueeze(2)
 
     def shape(self, net, group):
         (i,) = group.ins

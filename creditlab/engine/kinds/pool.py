@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from creditlab.engine.kinds.base import Kind, accumulate, image_of, out_size
+from creditlab.engine.kinds.base import Kind, KindOption, accumulate, image_of, out_size
+from creditlab.engine.kinds.conv import CONV_GRAPH
 
 POOL_MODES = ("max", "avg")
 
@@ -18,6 +19,19 @@ class Pool(Kind):
     name = "pool"
     weighted = False
     biased = False
+    options = {
+        "kernel": KindOption(int, 2, minimum=1, help="window height and width"),
+        "stride": KindOption(int, lambda o: o["kernel"], minimum=1, help="default: the kernel"),
+        "mode": KindOption(str, "max", choices=POOL_MODES, label="pooling"),
+    }
+    random_graph = CONV_GRAPH  # drawn after most convolutions there, max or average
+
+    def reference(self, net, group, inputs, W, b, labels):
+        (i,) = group.ins
+        u = inputs[0].view(-1, *net.groups[i].shape)
+        o = group.options
+        pool = F.max_pool2d if o["mode"] == "max" else F.avg_pool2d
+        return pool(u, o["kernel"], o["stride"])
 
     def shape(self, net, group):
         (i,) = group.ins

@@ -26,9 +26,3 @@ def local_updates(
     """
     deltas = {j: local_delta(net, trace, j, signal) for j, signal in dz.items()}
     return weight_updates(net, trace, deltas, partial)
-
-
-def squared_error(z: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-    """E = 0.5 ||z - target||^2 per example (mean over the batch returned) and dE/dz."""
-    diff = z - target
-    return 0.5 * diff.pow(2).sum(dim=1).mean(), diff

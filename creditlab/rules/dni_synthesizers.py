@@ -231,7 +231,7 @@ class SyntheticGradients:
         self.net: Network | None = None  # the network last set up for (checked at each step)
         # A stack (speed/vmap_stack.py) sets a dict here on its own template: step then leaves
         # the synthesizers' gradients in it, and the stack's optimiser applies them to every
-        # member at once outside torch.func.vmap (see TrainedSynthesizers there).
+        # member at once outside torch.func.vmap (see TrainedSynthesizers in rules/dni.py).
         self.deferred: dict[str, Tensor] | None = None
 
     # ---- set-up -----------------------------------------------------------------------------
