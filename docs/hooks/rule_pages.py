@@ -30,8 +30,8 @@ def _cell(text) -> str:
 
 
 def options_markdown(name: str) -> str:
-    from creditlab.training.settings import describe as describe_settings
     from creditlab.rules.machinery.space import describe as describe_space
+    from creditlab.training.settings import describe as describe_settings
 
     rules = _registry()
     if name not in rules:
