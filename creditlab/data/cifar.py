@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from creditlab.errors import DataError, UsageError
+from creditlab.progress import bar as progress_bar
 
 PIXELS = 3 * 32 * 32
 IMAGE_SHAPE = (3, 32, 32)
@@ -325,7 +325,7 @@ def _download(source: Source, name: str, dirs: list[Path], md5: str, progress: b
                 urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp,
             ):
                 total = resp.headers.get("Content-Length")
-                with tqdm(
+                with progress_bar(
                     total=int(total) if total else None,
                     unit="B",
                     unit_scale=True,

@@ -27,7 +27,8 @@ import time
 from collections.abc import Callable
 
 import torch
-from tqdm.auto import tqdm
+
+from creditlab.progress import bar as progress_bar
 
 CHECK_EVERY = 25  # steps between checks of the losses (each check waits for a GPU)
 
@@ -52,7 +53,7 @@ class EpochLoop:
         synchronize(device)
         self.start = time.perf_counter()
         self.probe_seconds = 0.0
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=steps, desc=desc, unit="batch", disable=not progress, dynamic_ncols=True
         )
 
