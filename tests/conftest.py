@@ -113,3 +113,21 @@ def squared_error(z, target):
     """E = 0.5 ||z - target||^2 per example (mean over the batch returned) and dE/dz."""
     diff = z - target
     return 0.5 * diff.pow(2).sum(dim=1).mean(), diff
+
+
+# The smallest GAN the command line runs: digits, tiny MLPs, one epoch, a small judge sample.
+SMALL_GAN_ARGS = (
+    "--dataset",
+    "digits",
+    "--generator",
+    "mlp:32",
+    "--discriminator",
+    "mlp:32",
+    "--latent",
+    "8",
+    "--epochs",
+    "1",
+    "--eval-samples",
+    "200",
+    "--quiet",
+)

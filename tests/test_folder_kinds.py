@@ -11,23 +11,10 @@ import pytest
 
 from creditlab import cli
 from creditlab.training import locks
+from tests.conftest import SMALL_GAN_ARGS
 
 TRAIN = ["--dataset", "digits", "--epochs", "1", "--quiet", "--probe-every", "0"]
-GAN = [
-    "--dataset",
-    "digits",
-    "--generator",
-    "mlp:32",
-    "--discriminator",
-    "mlp:32",
-    "--latent",
-    "8",
-    "--epochs",
-    "1",
-    "--eval-samples",
-    "200",
-    "--quiet",
-]
+GAN = list(SMALL_GAN_ARGS)
 KINDS = ("train", "compare", "tune", "gan", "gan-compare", "sample")
 
 

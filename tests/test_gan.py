@@ -27,7 +27,7 @@ from creditlab.gan.loop import (
     train_gan,
 )
 from creditlab.gan.losses import GAN_LOSSES
-from tests.conftest import Interrupt
+from tests.conftest import SMALL_GAN_ARGS, Interrupt
 from tests.test_gan_signals import reference_output
 
 
@@ -345,21 +345,7 @@ def cli(capsys, judge_cache, monkeypatch):
     return run
 
 
-SMALL_ARGS = [
-    "--dataset",
-    "digits",
-    "--generator",
-    "mlp:32",
-    "--discriminator",
-    "mlp:32",
-    "--latent",
-    "8",
-    "--epochs",
-    "1",
-    "--eval-samples",
-    "200",
-    "--quiet",
-]
+SMALL_ARGS = list(SMALL_GAN_ARGS)
 
 
 def ran(done) -> bool:

@@ -14,23 +14,10 @@ import torch
 
 from creditlab import cli
 from creditlab.training import checkpoint
+from tests.conftest import SMALL_GAN_ARGS
 
 TRAIN = ["train", "--dataset", "digits", "--epochs", "1", "--quiet", "--probe-every", "0"]
-GAN = [
-    "--dataset",
-    "digits",
-    "--generator",
-    "mlp:32",
-    "--discriminator",
-    "mlp:32",
-    "--latent",
-    "8",
-    "--epochs",
-    "1",
-    "--eval-samples",
-    "200",
-    "--quiet",
-]
+GAN = list(SMALL_GAN_ARGS)
 
 
 def one_line(capsys, *parts: str) -> str:
