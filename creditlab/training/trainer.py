@@ -116,9 +116,11 @@ def targets_for(net: Network, labels: Tensor, n_classes: int) -> Tensor:
 
 @torch.no_grad()
 def evaluate(
-    net: Network, learner: Rule, x: Tensor, y: Tensor, n_classes: int, chunk: int = 8192
+    net: Network, learner: Rule, x: Tensor, y: Tensor, n_classes: int, chunk: int | None = None
 ) -> tuple[float, float]:
-    """Mean loss and accuracy on (x, y), in chunks to bound memory."""
+    """Mean loss and accuracy on (x, y), in chunks to bound memory (by default as many
+    examples as memory.evaluation_chunk allows, at most 8,192)."""
+    chunk = chunk or memory.evaluation_chunk(net)
     total_loss, correct = 0.0, 0
     for a in range(0, x.shape[0], chunk):
         xb, yb = x[a : a + chunk], y[a : a + chunk]
