@@ -42,6 +42,19 @@ FLOORS = {
     # its defaults, 0.309 validation at best in a 4-trial tune (docs/results/defaults.md).
     # Out of reach of a 2-epoch cell so far; this floor only says it is above chance.
     ("dni", "lenet"): 0.18,
+    # Forward gradients estimate a gradient in as many dimensions as there are activities,
+    # so on convolutions they learn slowly: 0.42 (lenet, lr 1e-3) and 0.47 (capsnet:small)
+    # after 2 epochs with 4 tangents (docs/results/defaults.md).
+    ("fg", "lenet"): 0.35,
+    ("fg", "capsnet:small"): 0.35,
+    # Hill climbing tries one perturbation of all of LeNet's weights per step: 0.238 after
+    # 2 epochs.
+    ("hillclimb", "lenet"): 0.18,
+}
+# Cells out of reach of a 2-epoch cell: run only with CREDITLAB_SLOW=1, and expected to fail
+# until a rule's defaults reach them (strict: a pass says so).
+OUT_OF_REACH = {
+    ("hillclimb", "capsnet:small"): "hill climbing stalls at chance on capsnet:small in 2 epochs",
 }
 DENSE_ONLY = sorted(name for name, cls in RULES.items() if not cls.any_kind)
 # Cells refused before training, with what the message says.
@@ -58,6 +71,9 @@ def cells():
     for model, (_, _, slow) in MODELS.items():
         for rule in sorted(RULES):
             marks = [pytest.mark.slow] if slow and (rule, model) not in REFUSED else []
+            if (rule, model) in OUT_OF_REACH:
+                reason = OUT_OF_REACH[rule, model]
+                marks = [pytest.mark.slow, pytest.mark.xfail(strict=True, reason=reason)]
             yield pytest.param(rule, model, marks=marks, id=f"{rule}-{model}")
 
 

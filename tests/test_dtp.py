@@ -238,9 +238,9 @@ def test_a_saved_state_for_another_network_is_refused():
     "opts,message",
     [
         ({"beta": 0.0}, "beta must be a finite number > 0"),
-        ({"beta": float("nan")}, "beta must be a finite number > 0"),
+        ({"beta": float("nan")}, "dtp.beta needs a finite number"),
         ({"sigma": -0.1}, "sigma must be a finite number >= 0"),
-        ({"inverse_lr": float("inf")}, "inverse_lr must be a finite number >= 0"),
+        ({"inverse_lr": float("inf")}, "dtp.inverse_lr needs a finite number"),
         ({"inverse_momentum": 1.0}, r"inverse_momentum must be in \[0, 1\)"),
         ({"schedule": "sometimes"}, "must be one of alternating, parallel"),
         ({"top": "middle"}, "must be one of gradient, inverse"),

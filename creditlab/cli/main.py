@@ -52,8 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from creditlab.training import locks
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    locks.invoked = list(sys.argv[1:] if argv is None else argv)  # recorded in run folders
     try:
         return args.func(args)
     except CreditlabError as err:

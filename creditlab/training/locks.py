@@ -120,8 +120,12 @@ def _only_ours(folder: Path) -> bool:
     )
 
 
+# The arguments of the command being run, as cli.main received them (None: the process's own).
+invoked: list[str] | None = None
+
+
 def _command_line() -> str:
-    return shlex.join(["creditlab", *sys.argv[1:]])
+    return shlex.join(["creditlab", *(sys.argv[1:] if invoked is None else invoked)])
 
 
 class _Lock:
