@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch_models_zoo as zoo
 
 import creditlab as cl
+from creditlab.speed.process import retain_freed_memory
 
 
 def sync(device: torch.device) -> None:
@@ -85,7 +86,15 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--malloc",
+        default="retain",
+        choices=["retain", "default"],
+        help="retain: keep freed memory in the process, as creditlab's commands do "
+        "(creditlab/speed/process.py; it applies to both sides); default: glibc's own",
+    )
     args = p.parse_args()
+    retained = args.malloc == "retain" and retain_freed_memory()
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(args.seed)
@@ -105,7 +114,8 @@ def main() -> None:
     print(
         f"{args.model}: {sum(p.numel() for p in module.parameters()):,} parameters, "
         f"{args.n} examples of 3x32x32, batch {args.batch}, {args.dtype} on {device}, "
-        f"{torch.get_num_threads()} thread(s)"
+        f"{torch.get_num_threads()} thread(s), "
+        f"malloc {'keeps freed memory' if retained else 'as glibc sets it'}"
     )
     ratios = []
     for r in range(args.rounds):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from creditlab.errors import UsageError
+from creditlab.speed.process import prepare_for_training
 from creditlab.training import folders, locks
 
 
@@ -185,7 +186,7 @@ def clear_gan_run(out: Path) -> None:
 def cmd_gan(args) -> int:
     from creditlab.gan.loop import train_gan
 
-    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
+    prepare_for_training()  # denormals flushed, freed memory kept (speed/process.py)
     config = config_from_args(args, args.rule_g, args.rule_d)
     out = folders.out_path(args.out)
     if args.resume and args.force:
@@ -304,7 +305,7 @@ def cmd_sample(args) -> int:
 def cmd_gan_compare(args) -> int:
     from creditlab.gan import compare as gan_compare
 
-    torch.set_flush_denormal(True)
+    prepare_for_training()  # denormals flushed, freed memory kept (speed/process.py)
     pairs = gan_compare.pair_list(args.rules)
     config = config_from_args(args, *pairs[0])
     seeds = gan_compare.seed_list(args.seeds, config.seed)

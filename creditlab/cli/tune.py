@@ -6,14 +6,13 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
-
 from creditlab.cli.options import (
     add_pool_options,
     add_training_options,
     config_from_args,
     open_pool_of,
 )
+from creditlab.speed.process import prepare_for_training
 
 
 def register(sub) -> None:
@@ -74,7 +73,7 @@ def cmd_tune(args) -> int:
     from creditlab.training import folders, locks
     from creditlab.tune import search as tune
 
-    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
+    prepare_for_training()  # denormals flushed, freed memory kept (speed/process.py)
     rules = compare.rule_list(args.rules)
     rule_opts = compare.parse_rule_opts(args.rule_opt, rules)
     config = config_from_args(args, rules[0], {})  # each trial sets its rule and settings

@@ -32,6 +32,7 @@ from creditlab.figures.capsules import write_reconstructions
 from creditlab.optim import SCHEDULES, SGD, Optimizer, Schedule, optimizer, parse_milestones
 from creditlab.rules import Rule, rule
 from creditlab.speed.compiled import CompiledStep, compile_problem
+from creditlab.speed.process import retain_freed_memory
 from creditlab.training import checkpoint, folders, guards, settings
 from creditlab.training.config import TrainConfig  # (callers may import it from here too)
 from creditlab.training.diagnostics import probe
@@ -147,6 +148,7 @@ class Trainer:
         # Unset settings take the rule's recommendation, else the default; sources say which.
         config, self.sources = settings.resolve(config)
         self.config = config
+        retain_freed_memory()  # a step's freed memory serves the next (speed/process.py)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.progress, self.log = progress, log
         self.device = resolve_device(config.device)

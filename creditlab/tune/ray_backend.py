@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from creditlab.errors import UsageError
+from creditlab.speed.process import prepare_for_training
 
 RETRIES = 3  # times Ray starts a job again after its worker died
 
@@ -29,7 +30,7 @@ def run_job(fn: Callable, threads: int, *args: Any) -> Any:
     """The body of every job, wherever it runs: torch's threads set to the job's share of the
     cores (Ray runs one job per core by default; more threads would fight over them)."""
     torch.set_num_threads(max(1, threads))
-    torch.set_flush_denormal(True)  # denormal floats slow CPU matmuls many times over
+    prepare_for_training()  # denormals flushed, freed memory kept (speed/process.py)
     return fn(*args)
 
 
