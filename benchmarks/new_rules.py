@@ -14,6 +14,14 @@ eqprop) are skipped with a note.
     python benchmarks/new_rules.py                                  # MNIST 784-500-10 sigmoid
     python benchmarks/new_rules.py --epochs 5 --rules kp,wm
     python benchmarks/new_rules.py --model mlp:256-256 --activation relu --batch-size 32
+
+Every `creditlab train` option is accepted and applies to bp and to every rule alike (a
+paper's optimiser, schedule or initialisation); an option not given keeps each rule's
+recommended value. `--rule-opt RULE.KEY=VALUE` sets a rule's own option. A paper's setting:
+
+    python benchmarks/new_rules.py --rules pepita --model mlp:1024 --activation relu \
+        --batch-size 64 --epochs 100 --optimizer sgd --lr 0.01 --momentum 0.9 \
+        --schedule step --milestones 60,90
 """
 
 from __future__ import annotations
@@ -23,8 +31,11 @@ import statistics
 
 import torch
 
+from creditlab.cli.options import add_training_options, config_values
+from creditlab.compare.runs import parse_rule_opts
 from creditlab.data import load_dataset
 from creditlab.rules import RULES
+from creditlab.speed.process import prepare_for_training
 from creditlab.training.trainer import TrainConfig, Trainer, evaluate
 
 ISSUE_RULES = "kp,wm,drtp,fg,pepita,eqprop"
@@ -33,29 +44,29 @@ ISSUE_RULES = "kp,wm,drtp,fg,pepita,eqprop"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", default=ISSUE_RULES, help="comma-separated; bp is the base")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per rule, first is warm-up")
-    parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--model", default="mlp:500")
-    parser.add_argument("--activation", default="sigmoid")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rule-opt", action="append", default=[], help="RULE.KEY=VALUE, a rule's own option"
+    )
+    # Akrout et al.'s MNIST network and 3 epochs, unless the command line says otherwise.
+    add_training_options(
+        parser,
+        {"dataset": "mnist", "model": "mlp:500", "activation": "sigmoid", "batch_size": 128,
+         "epochs": 3},
+    )  # fmt: skip
     args = parser.parse_args()
-    torch.set_flush_denormal(True)  # as `creditlab train` does; applies to every rule
+    prepare_for_training()  # as `creditlab train` does; applies to every rule
     wanted = [r for r in args.rules.split(",") if r and r != "bp"]
     missing = [r for r in wanted if r not in RULES]
     if missing:
         print(f"not in this checkout, skipped: {', '.join(missing)}")
     rules = ["bp"] + [r for r in wanted if r in RULES]
+    opts = parse_rule_opts(args.rule_opt, rules)
+    values = {**config_values(args, TrainConfig), "probe_every": 0}
 
-    data = load_dataset(args.dataset, progress=False)
+    data = load_dataset(args.dataset, args.data_dir, args.val_size, progress=False)
     trainers = {
         name: Trainer(
-            TrainConfig(
-                dataset=args.dataset, model=args.model, activation=args.activation, rule=name,
-                batch_size=args.batch_size, epochs=args.epochs, device=args.device,
-                seed=args.seed, probe_every=0,
-            ),
+            TrainConfig(**values, rule=name, rule_opts=opts.get(name, {})),
             progress=False,
             data=data,
             log=lambda _: None,

@@ -318,3 +318,33 @@ def test_unknown_dataset_lists_names():
 def test_bad_val_size(val_size):
     with pytest.raises(UsageError, match="val_size"):
         load_dataset("digits", val_size=val_size)
+
+
+def test_mnist_format_sets_are_brought_to_mnists_statistics_and_raw_keeps_them():
+    """An IDX set with a bright background (inverted digits) reaches the network with MNIST's
+    pixel mean and standard deviation by default (the statistics every rule's settings suit);
+    "raw" keeps [0, 1]; MNIST itself and digits are left alone."""
+    import torch
+
+    from creditlab.data import (
+        MNIST_MEAN,
+        MNIST_STD,
+        Dataset,
+        input_stats_for,
+        match_input_stats,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    bright = 1 - 0.3 * torch.rand(300, 16, generator=g)  # mean about 0.85
+    y = torch.zeros(300, dtype=torch.int64)
+    data = Dataset("idx:/x", bright[:200], y[:200], bright[200:250], y[200:250],
+                   bright[250:], y[250:], 10, (4, 4))  # fmt: skip
+    assert input_stats_for("idx:/x", None) == "mnist"
+    assert input_stats_for("mnist", None) == input_stats_for("digits", None) == "raw"
+    matched = match_input_stats(data, "mnist")
+    assert abs(float(matched.train_x.mean()) - MNIST_MEAN) < 1e-5
+    assert abs(float(matched.train_x.std()) - MNIST_STD) < 1e-5
+    a, b = matched.normalisation["scale"], matched.normalisation["shift"]
+    torch.testing.assert_close(matched.test_x, data.test_x * a + b)  # the same map everywhere
+    assert match_input_stats(matched, "mnist") is matched  # never twice
+    assert match_input_stats(data, "raw") is data

@@ -46,6 +46,13 @@ FLOORS = {
     # so on convolutions they learn slowly: 0.42 (lenet, lr 1e-3) and 0.47 (capsnet:small)
     # after 2 epochs with 4 tangents (docs/results/defaults.md).
     ("fg", "lenet"): 0.35,
+    # On digits' 1,257 examples, 10 epochs are 400 steps of one random direction's estimate
+    # each: 0.742 (0.919 after 20 epochs, docs/rules/fg.md).
+    ("fg", "mlp:64"): 0.7,
+    # dni's synthesizers learn before the network does: on the Fashion-format set (1,400
+    # examples) validation accuracy stays near chance for 5 epochs, then climbs to 0.805 at
+    # epoch 10 (test 0.67).
+    ("dni", "fashion"): 0.6,
     ("fg", "capsnet:small"): 0.35,
     # Hill climbing tries one perturbation of all of LeNet's weights per step: 0.238 after
     # 2 epochs.
@@ -64,6 +71,9 @@ REFUSED = {
     ("dni", "capsnet:small"): "for its synthesizers",
     ("cdni", "capsnet:small"): "for its synthesizers",
     ("dtp", "skip:64-64"): "needs a chain network",  # inverses need one input per group
+    # Two passes through layers in a row (pepita), an energy over a chain (eqprop), targets
+    # per layer of a chain (drtp): a group reading two groups is refused.
+    **{(r, "skip:64-64"): "trains dense chains" for r in ("drtp", "eqprop", "pepita")},
 }
 
 
@@ -133,5 +143,5 @@ def test_defaults_learn_an_mlp_on_fashion_format_data(tmp_path, capsys, fashion_
     data = ["--dataset", fashion_format, "--val-size", "200", "--epochs", "10"]
     code, results = train(tmp_path, rule, "mlp:64", data)
     assert code == 0, capsys.readouterr().err
-    floor = FLOORS.get((rule, "mlp:64"), MODELS["mlp:64"][1])
+    floor = FLOORS.get((rule, "fashion"), FLOORS.get((rule, "mlp:64"), MODELS["mlp:64"][1]))
     assert results["test_accuracy"] >= floor, (rule, results["test_accuracy"])

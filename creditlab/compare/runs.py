@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from creditlab.compare import report
-from creditlab.data import Dataset, load_dataset
+from creditlab.data import Dataset, load_for_training
 from creditlab.engine.devices import resolve_device
 from creditlab.engine.network import resolve_dtype
 from creditlab.errors import TrainingError, UsageError
@@ -343,7 +343,7 @@ def compare(
             "them over, or choose another --out):\n  " + "\n  ".join(blocked)
         )
     if data is None:
-        data = load_dataset(base.dataset, base.data_dir, base.val_size, progress)
+        data = load_for_training(base, progress)
     for name in rules:  # options that depend on the network (e.g. block boundaries)
         _try_rule_on_network(run_config(configs.get(name, base), name, opts[name], seeds[0]), data)
 

@@ -23,6 +23,13 @@ DATASETS = ("mnist", "digits", "idx:PATH", "cifar10", "cifar100", "cifar100:coar
 
 MNIST_VAL_SIZE = 10_000
 
+# MNIST's training pixels scaled to [0, 1] (all 60,000 images): their mean and standard
+# deviation, the statistics every rule's recommended settings were found on.
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+# How an MNIST-format set's pixels reach the network: "mnist" shifted and scaled to MNIST's
+# mean and standard deviation, "raw" in [0, 1] as stored.
+INPUT_STATS = ("mnist", "raw")
+
 
 @dataclass(repr=False)
 class Dataset:
@@ -38,7 +45,8 @@ class Dataset:
     test_y: torch.Tensor
     n_classes: int
     image_shape: tuple[int, ...]  # e.g. (28, 28), (8, 8) or (3, 32, 32) for CIFAR
-    # Per-channel {"mean": ..., "std": ...} the inputs were normalised by (CIFAR), else None.
+    # How the inputs were normalised, else None: per channel {"mean": ..., "std": ...}
+    # (CIFAR), or {"matched": "mnist", "scale": a, "shift": b} for x -> a x + b (IDX sets).
     normalisation: dict | None = None
 
     @property
@@ -152,6 +160,55 @@ def load_dataset(
 # Labels are class indices 0..n-1 and the output layer gets one unit per class: a label far
 # beyond this would build an absurd layer (label 2**31 - 1: two billion units).
 MAX_CLASSES = 100_000
+
+
+def input_stats_for(dataset: str, how: str | None) -> str:
+    """The input statistics a run uses: `how` if given, else "mnist" for IDX sets (any
+    MNIST-format data: Fashion-MNIST, KMNIST, inverted or noisy variants) and "raw" for the
+    others (MNIST has MNIST's statistics already; digits and CIFAR have their own)."""
+    if how is not None:
+        if how not in INPUT_STATS:
+            raise UnknownNameError("input statistics", how, INPUT_STATS)
+        return how
+    return "mnist" if dataset.strip().startswith("idx:") else "raw"
+
+
+def match_input_stats(data: Dataset, how: str) -> Dataset:
+    """`data` with its pixels mapped by x -> a x + b to MNIST's mean and standard deviation
+    (how="mnist"), computed over the training split; unchanged for "raw", for data normalised
+    already, and for constant images.
+
+    Why: a rule's recommended learning rate suits inputs like MNIST's, mostly dark (mean
+    0.13). On a set with a bright background (mean 0.9, as inverted digits or some scans)
+    every input is near 1, the first layer's gradient grows with the sum of the squared
+    inputs (seven times MNIST's), and bp, fa, dfa and the rest diverged or stalled at chance
+    with their defaults (tests/test_defaults_matrix.py's Fashion-format cells)."""
+    if how == "raw" or data.normalisation is not None:
+        return data
+    if how not in INPUT_STATS:
+        raise UnknownNameError("input statistics", how, INPUT_STATS)
+    mean, std = float(data.train_x.mean()), float(data.train_x.std())
+    if not std > 0:
+        return data
+    scale = MNIST_STD / std
+    shift = MNIST_MEAN - mean * scale
+
+    def matched(x: torch.Tensor) -> torch.Tensor:
+        return x * scale + shift
+
+    return dataclasses.replace(
+        data,
+        train_x=matched(data.train_x),
+        val_x=matched(data.val_x),
+        test_x=matched(data.test_x),
+        normalisation={"matched": how, "scale": scale, "shift": shift},
+    )
+
+
+def load_for_training(config, progress: bool = True) -> Dataset:
+    """The data set a training configuration names, its inputs as the run will see them."""
+    data = load_dataset(config.dataset, config.data_dir, config.val_size, progress)
+    return match_input_stats(data, input_stats_for(config.dataset, config.input_stats))
 
 
 def _n_classes(files: idx.IdxFiles) -> int:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from creditlab.data import load_dataset
+from creditlab.data import load_dataset, match_input_stats
 from creditlab.data.augment import image_shape_of
 from creditlab.engine.network import Network
 from creditlab.errors import UsageError
@@ -134,6 +134,7 @@ def figure4(
     if data_dir is None and recorded and Path(recorded).is_dir():
         data_dir = recorded
     data = load_dataset(config["dataset"], data_dir, config.get("val_size"), False)
+    data = match_input_stats(data, config.get("input_stats") or "raw")  # as the run saw them
     shape = image_shape_of(tuple(data.image_shape), data.input_size)
     x = data.test_x.to(net.dtype)
     dims = net.groups[mask_group(net)].shape[1]

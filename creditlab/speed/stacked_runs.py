@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
-from creditlab.data import Dataset, load_dataset
+from creditlab.data import Dataset, load_for_training
 from creditlab.engine.devices import matmul_precision
 from creditlab.errors import TrainingError
 from creditlab.speed.compiled import CapturedOptimizer
@@ -295,7 +295,7 @@ def train_stacked(
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(configs)
     if data is None:
         first = configs[0]
-        data = load_dataset(first.dataset, first.data_dir, first.val_size, progress)
+        data = load_for_training(first, progress)
     trainers = [
         Trainer(c, d, progress=progress, log=log, data=data)
         for c, d in zip(configs, out_dirs, strict=True)

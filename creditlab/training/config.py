@@ -110,6 +110,13 @@ class TrainConfig:
         "the output layer's weights at the start: random (as drawn) or zero",
         default_text=RECOMMENDED.format("random"),
     )
+    input_stats: str | None = option(
+        None,
+        "pixels of MNIST-format sets: mnist (shifted and scaled to MNIST's mean and standard "
+        "deviation, which every rule's recommended settings suit) or raw (in [0, 1] as stored)",
+        default_text="mnist for idx:PATH, raw for the other data sets",
+        choices=("mnist", "raw"),
+    )
     dropout: float = option(0.0, "dropout probability on hidden groups")
     augment: str | None = option(
         None,
@@ -207,6 +214,8 @@ class TrainConfig:
         check_matmul_precision(self.matmul_precision)
         parse_augment(self.augment)
         parse_milestones(self.milestones)
+        if self.input_stats is not None and self.input_stats not in ("mnist", "raw"):
+            raise UnknownNameError("input statistics", self.input_stats, ("mnist", "raw"))
         # Names refused here, before any data is read or any network is built.
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise UnknownNameError("optimizer", self.optimizer, OPTIMIZERS)

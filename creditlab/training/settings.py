@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from creditlab.data import input_stats_for
 from creditlab.rules import rule_class
 from creditlab.training.config import TrainConfig
 
@@ -94,6 +95,9 @@ def resolve(config: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
             values[key], sources[key] = recommended_here[key], "rule"
         else:
             values[key], sources[key] = default, "default"
+    # The inputs' statistics follow the data set (MNIST's for MNIST-format sets).
+    values["input_stats"] = input_stats_for(config.dataset, config.input_stats)
+    sources["input_stats"] = "user" if config.input_stats is not None else "default"
     return dataclasses.replace(config, **values), sources
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from creditlab.data import Dataset, load_dataset
+from creditlab.data import Dataset, load_for_training, match_input_stats
 from creditlab.data.augment import augment, image_shape_of, parse_augment
 from creditlab.engine import memory, torch_models
 from creditlab.engine.activations import activation as lookup_activation
@@ -45,7 +45,7 @@ Tensor = torch.Tensor
 # float rounding: the device and the precision of float32 matrix products say how, not what).
 FREE_ON_RESUME = ("data_dir", "device", "matmul_precision")
 # Fields added after runs were saved without them, with the value those runs had in effect.
-ADDED_LATER = {"output_init": "random"}
+ADDED_LATER = {"output_init": "random", "input_stats": "raw"}
 
 
 def differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -161,7 +161,10 @@ class Trainer:
         if config.schedule not in SCHEDULES:
             raise UnknownNameError("schedule", config.schedule, SCHEDULES)
         if data is None:
-            data = load_dataset(config.dataset, config.data_dir, config.val_size, progress)
+            data = load_for_training(config, progress)
+        # Data handed in raw (a library user's load_dataset) gets the run's input statistics
+        # here; data matched already (compare, tune, stacked runs load it once) is kept.
+        data = match_input_stats(data, config.input_stats)
         if config.train_subset:
             data = data.subset(n_train=config.train_subset)
         self.data = data.to(self.device, self.dtype)

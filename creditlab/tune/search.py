@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from creditlab.compare import runs as compare
-from creditlab.data import Dataset, load_dataset
+from creditlab.data import Dataset, load_for_training
 from creditlab.errors import TrainingError, UsageError
 from creditlab.progress import bar as progress_bar
 from creditlab.rules import rule_class
@@ -338,7 +338,7 @@ def tune(
             "trial folder(s) made with other settings (pass --force to start them over, or "
             "choose another --out):\n  " + "\n  ".join(blocked)
         )
-    data = load_dataset(base.dataset, base.data_dir, base.val_size, progress)
+    data = load_for_training(base, progress)
     for name in rules:  # options that only fail on the network fail before any trial trains
         compare._try_rule_on_network(all_trials[name][0].config, data)
     record = tune_report.new_record(
