@@ -97,7 +97,6 @@ def resolve(config: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
             values[key], sources[key] = default, "default"
     # The inputs' statistics follow the data set (MNIST's for MNIST-format sets).
     values["input_stats"] = input_stats_for(config.dataset, config.input_stats)
-    sources["input_stats"] = "user" if config.input_stats is not None else "default"
     return dataclasses.replace(config, **values), sources
 
 
