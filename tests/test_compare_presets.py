@@ -74,3 +74,20 @@ def test_compare_on_a_preset_stacks_and_equals_one_by_one(tmp_path, capsys, subs
             for field in ("train_loss", "val_loss", "val_accuracy"):
                 assert a[field] == pytest.approx(b[field], rel=1e-9, abs=1e-12), (key, field)
         assert stacked[key]["test_accuracy"] == pytest.approx(run["test_accuracy"], abs=1e-12)
+
+
+def test_compare_gives_a_rule_the_options_it_recommends_for_the_family(tmp_path, subset):
+    """fg recommends 16 tangents on convolutional networks: a compare's runs take them (each
+    run's config), and the report says where they came from; an option given wins."""
+    out = tmp_path / "fg"
+    args = ["compare", *subset, "--model", "lenet", "--rules", "fg,hillclimb", "--seeds", "1"]
+    assert cli.main([*args, "--out", str(out), "--rule-opt", "hillclimb.step=0.02"]) in (0, 1)
+    settings = json.loads((out / "results.json").read_text())["settings"]
+    assert settings["rule_options"]["fg"]["tangents"] == 16
+    assert settings["rule_recommended_options"] == {"fg": {"tangents": 16}, "hillclimb": {}}
+    assert settings["rule_options"]["hillclimb"]["step"] == 0.02
+    config = json.loads((out / "runs" / "fg-seed0" / "config.json").read_text())
+    assert config["rule_opts"] == {"tangents": 16}
+    assert config["rule_options"]["tangents"] == 16  # what the rule was built with
+    table = (out / "table.md").read_text()
+    assert "| fg | tangents | 16 | rule's recommendation |" in table, table

@@ -15,7 +15,7 @@ from creditlab.checks import gradcheck
 from creditlab.engine.backward import backward_sweep, incoming_signal, transpose_feedback
 from creditlab.engine.models import skip_network
 from creditlab.errors import UsageError
-from creditlab.rules.dni_synthesizers import Synthesizer, condition
+from creditlab.rules.dni_synthesizers import Synthesizer, condition, default_boundaries
 from creditlab.training.trainer import TrainConfig, Trainer
 from tests.conftest import make_dag, output_delta, straight_and_resumed
 
@@ -81,6 +81,25 @@ def test_zero_initialised_synthesizers_hold_the_blocks_below_still_at_first():
     for key in ("W[input->h1]", "b[h1]", "W[h1->h2]", "W[input->h2]", "b[h2]"):
         assert torch.count_nonzero(got[key]) == 0, key
     for key in ("W[h1->out]", "W[h2->out]", "b[out]"):  # the top block learns from the loss
+        torch.testing.assert_close(got[key], bp[key], rtol=0, atol=0)
+
+
+def test_the_default_boundaries_split_a_network_with_convolutions_in_two():
+    """Every hidden group of a dense or skip network; the narrowest non-dense group below the
+    prediction of one with convolutions or capsules (the top of its features), and with it the
+    block below learns the synthesizer's signal and the block above the true one."""
+    from creditlab.engine.models import capsnet, lenet
+
+    assert default_boundaries(skip_network([6, 5], 4, 3)) == ["h1", "h2"]
+    assert default_boundaries(lenet((1, 28, 28), 10)) == ["pool2"]
+    assert default_boundaries(capsnet((1, 28, 28), 10, channels=8, types=2)) == ["primary"]
+    net = lenet((1, 12, 12), 10, dtype=torch.float64)
+    x, y = gradcheck.random_batch(net, 4, seed=0)
+    got = cl.rule("dni").updates(net, x, y)
+    bp = cl.rule("bp").updates(net, x, y)
+    for key in ("W[input->conv1]", "W[pool1->conv2]"):  # below pool2: held still at first
+        assert torch.count_nonzero(got[key]) == 0, key
+    for key in ("W[pool2->fc1]", "W[fc1->fc2]", "W[fc2->out]"):
         torch.testing.assert_close(got[key], bp[key], rtol=0, atol=0)
 
 

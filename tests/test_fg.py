@@ -89,6 +89,27 @@ def test_local_heads_learn():
     assert head_loss() < 0.7 * before
 
 
+def test_local_heads_of_a_capsule_network_are_softmax_classifiers():
+    """A capsule output's margin loss reads capsules, not a head's flat scores: the heads of a
+    CapsNet use cross-entropy (this raised "the margin loss needs capsules" before)."""
+    from creditlab.engine.models import capsnet
+
+    net = capsnet((1, 20, 20), 3, channels=4, types=2, dtype=torch.float64)
+    x, y = gradcheck.random_batch(net, 4, 0)
+    rule = cl.rule("fg", local_losses=True)
+    rule.check(net)
+    heads = {j: {k: t.clone() for k, t in h.items()} for j, h in rule._heads(net).items()}
+    updates = rule.updates(net, x, y)
+    assert all(bool(torch.isfinite(u).all()) for u in updates.values())
+    trace = net.forward(x, train=True, labels=y)
+    z = trace.z["primary"].flatten(1)
+    logits = torch.addmm(heads["primary"]["c"], z, heads["primary"]["A"])
+    expected = torch.softmax(logits, 1) - torch.nn.functional.one_hot(y, 3)
+    moved = heads["primary"]["c"] - rule._heads(net)["primary"]["c"]
+    # Adam's first step moves each bias by lr times the sign of its gradient
+    torch.testing.assert_close(moved, 1e-3 * torch.sign(expected.mean(0)), rtol=1e-6, atol=1e-9)
+
+
 def quiet(config, data):
     return Trainer(config, progress=False, data=data, log=lambda _: None)
 

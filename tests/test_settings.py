@@ -25,6 +25,29 @@ def test_every_rule_declares_valid_recommended_settings(name):
     TrainConfig(rule=name, **recommended)  # the values pass the config's own checks
 
 
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_every_rule_recommends_valid_settings_per_family(name):
+    cls = RULES[name]
+    assert set(cls.recommended_for) <= set(settings.FAMILIES)
+    for family, extra in cls.recommended_for.items():
+        assert set(extra) <= {*settings.DEFAULTS, "options"}, family
+        options = extra.get("options", {})
+        assert set(options) <= set(cls.options), (family, options)
+        config, _ = settings.resolve(
+            TrainConfig(rule=name, **{k: v for k, v in extra.items() if k != "options"})
+        )
+        cls(**config.rule_opts)  # the options pass the rule's own checks
+
+
+def test_a_rule_recommends_its_own_options_per_family_and_the_users_win():
+    config, _ = settings.resolve(TrainConfig(rule="fg", model="lenet"))
+    assert (config.lr, config.rule_opts) == (0.001, {"tangents": 16})
+    config, _ = settings.resolve(TrainConfig(rule="fg", model="lenet", rule_opts={"tangents": 2}))
+    assert config.rule_opts == {"tangents": 2}
+    config, _ = settings.resolve(TrainConfig(rule="fg", model="mlp:64"))
+    assert (config.lr, config.rule_opts) == (0.0003, {})
+
+
 def test_unset_settings_come_from_the_rule_then_the_default():
     config, sources = settings.resolve(TrainConfig(rule="dni", lr=3e-4))
     assert (config.optimizer, config.lr, config.momentum) == ("adam", 3e-4, 0.9)

@@ -267,6 +267,49 @@ def test_a_worker_killed_mid_sweep(tmp_path):
 
 
 @needs_ray
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="Linux /proc only")
+def test_a_killed_tune_takes_its_local_ray_along(tmp_path):
+    """SIGKILL `creditlab tune` while a trial trains on its local Ray: Ray's processes (its
+    GCS server, raylet and the workers) stop too (tune/watchdog.py), instead of holding the
+    cores; the folder's lock goes with the process."""
+    from creditlab.tune import watchdog
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "out"
+    args = [*TINY_ARGS, "--epochs", "200", "--rules", "bp", "--trials", "4", "--workers", "2"]
+    tune_process = subprocess.Popen(
+        [sys.executable, "-m", "creditlab", "tune", *args, "--out", str(out)],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(1200):  # at most two minutes for Ray to start and a trial to train
+            if list(out.glob("trials/bp/*/worker.json")) or tune_process.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert tune_process.poll() is None, "tune ended before a trial was caught training"
+        ray_processes = watchdog.descendants(tune_process.pid)
+        names = {Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in ray_processes}
+        assert any(b"raylet" in n for n in names), names  # a local Ray, started by tune
+    finally:
+        tune_process.kill()
+        tune_process.wait()
+    for _ in range(600):  # at most a minute; the watchdog looks once a second
+        if not any(watchdog._alive(p, s) for p, s in ray_processes.items()):
+            break
+        time.sleep(0.1)
+    left = [pid for pid, start in ray_processes.items() if watchdog._alive(pid, start)]
+    assert not left, f"Ray's processes outlived the killed tune: {left}"
+    # the lock went with the process (no Ray process holds it either)
+    from creditlab.training.locks import _Lock
+
+    lock = _Lock(out)
+    assert lock.acquire("the test"), "the killed tune's folder is still locked"
+    lock.release()
+
+
+@needs_ray
 def test_compare_runs_through_the_same_pool(tmp_path):
     config = TrainConfig(**TINY)
     pool = open_pool(workers=2)

@@ -403,8 +403,16 @@ def _option_rows(record: dict[str, Any]) -> Table:
     table = Table("Rule options", ["rule", "option", "value", "set by"], [])
     for name in s["rules"]:
         given = s["rule_opts"].get(name, {})
+        recommended = s.get("rule_recommended_options", {}).get(name, {})
         for key, value in s["rule_options"].get(name, {}).items():
-            table.rows.append([name, key, repr(value), "--rule-opt" if key in given else "default"])
+            source = (
+                "--rule-opt"
+                if key in given
+                else SOURCES["rule"]
+                if key in recommended
+                else "default"
+            )
+            table.rows.append([name, key, repr(value), source])
         # Training settings left unset take each rule's recommendation (settings.py).
         for key, (value, source) in s.get("rule_settings", {}).get(name, {}).items():
             table.rows.append([name, key, repr(value), SOURCES.get(source, source)])

@@ -306,6 +306,13 @@ def compare(
             f"(rules compared: {', '.join(rules)})"
         )
     opts, resolved = check_rule_options(rules, rule_opts)
+    # The options a rule recommends for this family of network, where none was given: each
+    # run's config takes them when it is resolved (settings.resolve); the record shows them.
+    recommended_opts = {}
+    for name in rules:
+        extra = settings.recommended_options(name, base.model)
+        recommended_opts[name] = {k: v for k, v in extra.items() if k not in opts[name]}
+        resolved[name].update(recommended_opts[name])
     folders.check_writable(out_dir)
     previous = _read_json(out_dir / "results.json")
     if previous is not None and previous.get("kind") != KIND:
@@ -358,6 +365,7 @@ def compare(
             "seeds": seeds,
             "rule_opts": opts,
             "rule_options": resolved,
+            "rule_recommended_options": recommended_opts,
             "rule_settings": {name: rule_settings(base, name) for name in rules},
             "config": {
                 k: v for k, v in base.to_dict().items() if k not in ("rule", "rule_opts", "seed")

@@ -55,7 +55,8 @@ class Rule:
     recommended: ClassVar[dict[str, Any]] = {}
     # The same, per model family ("dense", "skip", "conv", "capsule"; training/settings.py
     # family()), over `recommended`: a rule whose MLP settings fail on convolutions says here
-    # what works there (found by `creditlab tune`, docs/results/defaults.md).
+    # what works there (found by `creditlab tune`, docs/results/defaults.md). Its "options"
+    # entry, a dict, recommends values of the rule's own options for the family.
     recommended_for: ClassVar[dict[str, dict[str, Any]]] = {}
     options: ClassVar[dict[str, Option]] = {}
     # What a tune searches: name -> (low, high, "log" | "linear") or [choices], over the

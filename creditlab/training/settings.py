@@ -82,6 +82,11 @@ def recommended(rule_name: str, family_name: str = "dense") -> dict[str, Any]:
     return {**cls.recommended, **cls.recommended_for.get(family_name, {})}
 
 
+def recommended_options(rule_name: str, model: str) -> dict[str, Any]:
+    """The values of its own options a rule recommends for the family of `model`."""
+    return dict(recommended(rule_name, model_family(model)).get("options", {}))
+
+
 def resolve(config: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
     """`config` with every unset recommendable setting filled in, and each one's source. The
     rule's recommendation is the one for the model's family (model_family)."""
@@ -95,11 +100,17 @@ def resolve(config: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
             values[key], sources[key] = recommended_here[key], "rule"
         else:
             values[key], sources[key] = default, "default"
+    # A rule may recommend values of its own options for a family too (under "options");
+    # those the user gave win. Recorded in the config's rule_opts like the user's.
+    values["rule_opts"] = {**recommended_here.get("options", {}), **config.rule_opts}
     # The inputs' statistics follow the data set (MNIST's for MNIST-format sets).
     values["input_stats"] = input_stats_for(config.dataset, config.input_stats)
     return dataclasses.replace(config, **values), sources
 
 
 def describe(recommended: dict[str, Any]) -> str:
-    """ "optimizer adam, lr 0.001" for `creditlab rules`."""
-    return ", ".join(f"{key} {value}" for key, value in recommended.items()) or "the defaults"
+    """ "optimizer adam, lr 0.001" for `creditlab rules` ("option tangents 16" for a rule's
+    own options)."""
+    words = [f"{key} {value}" for key, value in recommended.items() if key != "options"]
+    words += [f"option {key} {value}" for key, value in recommended.get("options", {}).items()]
+    return ", ".join(words) or "the defaults"

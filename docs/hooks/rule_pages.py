@@ -44,6 +44,8 @@ def options_markdown(name: str) -> str:
         f"{describe_settings(cls.recommended)}.",
         "",
     ]
+    for family, extra in cls.recommended_for.items():
+        out += [f"On {family} networks: {describe_settings(extra)}.", ""]
     if cls.options:
         out += [
             f"**Options**, given as `--rule-opt {name}.KEY=VALUE`:",
