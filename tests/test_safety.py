@@ -87,6 +87,19 @@ def test_a_run_stuck_at_chance_is_stalled_and_says_what_to_try(tmp_path, capsys)
     assert len(results["warnings"]) == 2
 
 
+def test_a_stalled_rule_without_a_learning_rate_is_told_to_try_its_options(tmp_path, capsys):
+    """hillclimb applies its own steps: "try a smaller learning rate" would send its user to a
+    setting it ignores. A first step of 1e-12 keeps it at chance."""
+    args = ["--epochs", "1", "--rule", "hillclimb", "--rule-opt", "hillclimb.step=1e-12"]
+    assert train(tmp_path, *args) == 1
+    message = strict_json(tmp_path / "r" / "results.json")["message"]
+    assert "no learning rate" in message and "--rule-opt" in message, message
+    assert (
+        "smaller learning rate" not in message
+        and "smaller learning rate" not in capsys.readouterr().err
+    )
+
+
 def test_compare_marks_failed_runs_and_fails_when_all_did(tmp_path, capsys):
     args = ["compare", *TINY, "--epochs", "1", "--rules", "bp,fa", "--seeds", "1"]
     assert cli.main([*args, "--lr", "0", "--out", str(tmp_path / "c")]) == 1

@@ -62,17 +62,30 @@ def near_chance(accuracy: float, chance: float) -> bool:
     return accuracy < chance + NEAR_CHANCE * (1.0 - chance)
 
 
-def stalled_message(accuracy: float, chance: float, epochs: int, final: bool) -> str:
+# For a rule that applies its own step (no optimiser, no learning rate: hillclimb).
+OWN_STEP_ADVICE = (
+    "This rule applies its own steps, with no learning rate: try its options (--rule-opt; "
+    "`creditlab rules` lists them and what it recommends for each family of network) or more "
+    "epochs."
+)
+
+
+def stalled_message(
+    accuracy: float, chance: float, epochs: int, final: bool, own_step: bool = False
+) -> str:
     when = f"after {epochs} epoch(s)" if final else "after the first epoch"
     what = (
         "the run learned nothing useful"
         if final
         else "it may still pick up, but most runs that start like this never do"
     )
+    advice = (
+        OWN_STEP_ADVICE
+        if own_step
+        else ADVICE + " A rate too small can stall a run as well as one too large."
+    )
     return (
-        f"validation accuracy {accuracy:.4f} is near chance ({chance:.4f}) {when}: {what}. "
-        + ADVICE
-        + " A rate too small can stall a run as well as one too large."
+        f"validation accuracy {accuracy:.4f} is near chance ({chance:.4f}) {when}: {what}. {advice}"
     )
 
 

@@ -312,7 +312,7 @@ class Trainer:
         best validation accuracy stayed near chance (guards.py)."""
         if guards.near_chance(self.best["val_accuracy"], self.chance):
             message = guards.stalled_message(
-                self.best["val_accuracy"], self.chance, self.epoch, True
+                self.best["val_accuracy"], self.chance, self.epoch, True, self.rule.applies_own_step
             )
             self._warn(message)
             return self._write_results(status="stalled", message=message)
@@ -341,7 +341,10 @@ class Trainer:
             }
             self.best_params = self.net.copy_parameters()
         if self.epoch == 1 and guards.near_chance(record["val_accuracy"], self.chance):
-            self._warn(guards.stalled_message(record["val_accuracy"], self.chance, 1, False))
+            own_step = self.rule.applies_own_step
+            self._warn(
+                guards.stalled_message(record["val_accuracy"], self.chance, 1, False, own_step)
+            )
         if self.out_dir:
             self.save_checkpoint()
 
