@@ -253,6 +253,31 @@ def test_a_saved_state_that_does_not_fit_the_network_is_refused():
         other.updates(large, x, y)
 
 
+def test_a_resumed_rule_keeps_the_boundaries_its_state_was_saved_with():
+    """A run saved with other boundaries than today's default (LeNet's runs made when every
+    hidden group was one) goes on with them; boundaries given that differ from the saved
+    ones are refused with the option that would resume it."""
+    from creditlab.engine.models import lenet
+
+    net = lenet((1, 12, 12), 10, dtype=torch.float64)
+    x, y = gradcheck.random_batch(net, 4, seed=0)
+    every = tuple(net.hidden)
+    saved_rule = cl.rule("dni", boundaries=every)
+    saved_rule.updates(net, x, y)
+    state = saved_rule.state_dict()
+    resumed = cl.rule("dni")  # no boundaries given: the default would be pool2 alone
+    resumed.load_state_dict(state)
+    expected = saved_rule.updates(net, x, y)
+    got = resumed.updates(net, x, y)
+    assert resumed.sg.boundaries == list(every)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=0)
+    other = cl.rule("dni", boundaries=("fc1",))
+    other.load_state_dict(state)
+    with pytest.raises(UsageError, match=r"give --rule-opt dni.boundaries=conv1,pool1,conv2,"):
+        other.updates(net, x, y)
+
+
 @pytest.mark.parametrize("name", ["dni", "cdni"])
 def test_a_rule_used_on_a_second_network_that_it_does_not_fit_is_refused(name):
     """A rule object keeps the synthesizers made for the network it first trained; on another

@@ -11,7 +11,7 @@ from creditlab import cli
 from creditlab.optim import OPTIMIZERS, SCHEDULES
 from creditlab.rules import RULES
 from creditlab.training import settings
-from creditlab.training.trainer import TrainConfig, Trainer
+from creditlab.training.trainer import TrainConfig, Trainer, differing_fields
 
 TINY = ["--train-subset", "1000", "--batch-size", "25", "--model", "mlp:16", "--quiet"]
 
@@ -46,6 +46,21 @@ def test_a_rule_recommends_its_own_options_per_family_and_the_users_win():
     assert config.rule_opts == {"tangents": 2}
     config, _ = settings.resolve(TrainConfig(rule="fg", model="mlp:64"))
     assert (config.lr, config.rule_opts) == (0.0003, {})
+
+
+def test_a_run_saved_before_a_family_recommendation_resumes_with_its_own_options():
+    """fg on a convolutional network saved with 4 tangents (its default then, rule_opts {})
+    is not resumed with the 16 recommended now: refused, naming the flag that resumes it; with
+    that flag (text, as a command line gives it) the options in effect agree."""
+    old = {"rule": "fg", "rule_opts": {}}
+    (refusal,) = differing_fields(old, {"rule": "fg", "rule_opts": {"tangents": 16}})
+    assert refusal.startswith("rule_opts (checkpoint {}, now {'tangents': 16}")
+    assert "give --rule-opt fg.tangents=4" in refusal
+    assert differing_fields(old, {"rule": "fg", "rule_opts": {"tangents": "4"}}) == []
+    assert differing_fields({"rule": "fg", "rule_opts": {"tangents": "16"}},
+                            {"rule": "fg", "rule_opts": {"tangents": 16}}) == []  # fmt: skip
+    (other,) = differing_fields(old, {"rule": "bp", "rule_opts": {}})
+    assert other.startswith("rule (checkpoint 'fg', now 'bp')")
 
 
 def test_unset_settings_come_from_the_rule_then_the_default():

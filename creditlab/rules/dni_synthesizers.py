@@ -267,6 +267,12 @@ class SyntheticGradients:
     def setup(self, net: Network) -> None:
         self.net = net
         self.boundaries = resolve_boundaries(net, self.names, self.rule)
+        saved = [j for j in net.order if self.theta is not None and f"c[{j}]" in self.theta]
+        if not self.names and saved and all(j in net.hidden for j in saved):
+            # The default boundaries are chosen when the synthesizers are made: a resumed run
+            # keeps those it was saved with (a run made before the default for networks with
+            # convolutions became a single boundary goes on with its own).
+            self.boundaries = saved
         extra = net.n_scores if self.conditioned else 0
         self.synths = {}
         for b in self.boundaries:
@@ -292,6 +298,13 @@ class SyntheticGradients:
         opt_keys = set(self.opt_state) if self.opt_state is not None else set(self.opt.init({}))
         if not bad and opt_keys != set(self.opt.init({})):
             bad = ["the optimiser state"]
+        if bad and saved != self.boundaries and all(j in net.hidden for j in saved):
+            raise UsageError(
+                f"the saved state of rule {self.rule!r} has synthesizers at "
+                f"{', '.join(saved) or 'no boundary'}, and these options put them at "
+                f"{', '.join(self.boundaries) or 'no boundary'}; to go on with the saved ones, "
+                f"give --rule-opt {self.rule}.boundaries={','.join(saved)}"
+            )
         if bad:
             raise UsageError(
                 f"the state of rule {self.rule!r} (saved, or made for another network) does "

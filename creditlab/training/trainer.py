@@ -58,11 +58,47 @@ def differing_fields(saved: dict[str, Any], current: dict[str, Any]) -> list[str
         free.add("epochs")
     saved = {**{k: v for k, v in ADDED_LATER.items() if k in current}, **saved}
     keys = (set(saved) | set(current)) - free
+    if "rule_opts" in keys and saved.get("rule") == current.get("rule"):
+        keys.discard("rule_opts")
+        hint = _rule_options_hint(current.get("rule"), saved.get("rule_opts"), current["rule_opts"])
+        if hint is not None:
+            differ = f"checkpoint {saved.get('rule_opts')!r}, now {current['rule_opts']!r}"
+            return sorted(
+                [*differing_fields_of(saved, current, keys), f"rule_opts ({differ}{hint})"]
+            )
+    return differing_fields_of(saved, current, keys)
+
+
+def differing_fields_of(saved: dict[str, Any], current: dict[str, Any], keys) -> list[str]:
     return sorted(
         f"{k} (checkpoint {saved.get(k)!r}, now {current.get(k)!r})"
         for k in keys
         if saved.get(k) != current.get(k)
     )
+
+
+def _rule_options_hint(name: str | None, saved: Any, current: dict[str, Any]) -> str | None:
+    """None when the rule's options in effect (given, or the option's default) are the same;
+    else how to give the saved ones. A rule's recommendation for the network's family may
+    give options a run saved before it did not have (training/settings.py)."""
+    if not isinstance(saved, dict):
+        return "" if saved != current else None
+    try:  # the values in effect, converted by the rule's options (a command line gives text)
+        before, now = rule(name, **saved).opts, rule(name, **current).opts
+    except (UsageError, TypeError):  # an unknown rule or option: compare them as given
+        before, now = saved, current
+    if before == now:
+        return None
+    flags = [
+        f"--rule-opt {name}.{k}={_as_flag(before[k])}"
+        for k in sorted(before)
+        if before[k] != now.get(k)
+    ]
+    return f"; to go on with the saved ones, give {' '.join(flags)}" if flags else ""
+
+
+def _as_flag(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def load_for_resume(
