@@ -16,6 +16,7 @@ from creditlab import cli
 from creditlab.data import load_dataset
 from creditlab.engine import torch_models
 from creditlab.errors import UsageError
+from creditlab.training import settings
 
 MODEL_FILE = '''
 import torch
@@ -185,3 +186,24 @@ def test_compare_and_tune_train_torch_models(model_file, tmp_path, monkeypatch):
     args = ["tune", *tiny, "--rules", "bp", "--trials", "2", "--seeds", "1", "--out", str(tune)]
     assert cli.main(args) in (0, 1)  # 1 where both toy trials stalled (documented; kept)
     assert list(tune.rglob("module.pt"))
+
+
+def test_a_modules_settings_follow_the_network_it_builds(model_file, tmp_path):
+    """A torch module's name does not say what it holds: fa and hillclimb on a module with
+    convolutions take their recommendations for convolutional networks (fa: Adam lr 0.002,
+    hillclimb: a first step of 0.1), recorded with their source; on a dense module, the dense
+    ones."""
+    for factory, family in (("make", "conv"), ("mlp", "dense")):
+        for name in ("fa", "hillclimb"):
+            run = tmp_path / f"{factory}-{name}"
+            args = ["train", "--dataset", "digits", "--model", f"torch:{model_file}:{factory}"]
+            args += ["--rule", name, "--epochs", "1", "--probe-every", "0", "--quiet"]
+            assert cli.main([*args, "--out", str(run)]) in (0, 1)
+            config = json.loads((run / "config.json").read_text())
+            expected = settings.recommended(name, family)
+            for key in ("lr", "optimizer"):
+                assert config[key] == expected.get(key, settings.DEFAULTS[key]), (factory, name)
+            step = expected.get("options", {}).get("step", 0.01)
+            assert config["rule_options"].get("step", step) == step, (factory, name)
+    assert settings.recommended("fa", "conv") != settings.recommended("fa", "dense")
+    assert settings.recommended("hillclimb", "conv") != settings.recommended("hillclimb", "dense")

@@ -139,9 +139,12 @@ def run_config(base: TrainConfig, rule_name: str, opts: dict[str, Any], seed: in
     return dataclasses.replace(base, rule=rule_name, rule_opts=dict(opts), seed=seed)
 
 
-def rule_settings(base: TrainConfig, rule_name: str) -> dict[str, tuple[Any, str]]:
-    """The training settings a rule's runs use, each with its source (user, rule, default)."""
-    config, sources = settings.resolve(dataclasses.replace(base, rule=rule_name))
+def rule_settings(
+    base: TrainConfig, rule_name: str, family_name: str | None = None
+) -> dict[str, tuple[Any, str]]:
+    """The training settings a rule's runs use, each with its source (user, rule, default),
+    for a network of `family_name` (default: the one the model's name says)."""
+    config, sources = settings.resolve(dataclasses.replace(base, rule=rule_name), family_name)
     return {key: (getattr(config, key), source) for key, source in sources.items()}
 
 
@@ -306,13 +309,6 @@ def compare(
             f"(rules compared: {', '.join(rules)})"
         )
     opts, resolved = check_rule_options(rules, rule_opts)
-    # The options a rule recommends for this family of network, where none was given: each
-    # run's config takes them when it is resolved (settings.resolve); the record shows them.
-    recommended_opts = {}
-    for name in rules:
-        extra = settings.recommended_options(name, base.model)
-        recommended_opts[name] = {k: v for k, v in extra.items() if k not in opts[name]}
-        resolved[name].update(recommended_opts[name])
     folders.check_writable(out_dir)
     previous = _read_json(out_dir / "results.json")
     if previous is not None and previous.get("kind") != KIND:
@@ -351,8 +347,17 @@ def compare(
         )
     if data is None:
         data = load_for_training(base, progress)
+    family_name = None  # the network's, as built (a torch module's is known only then)
     for name in rules:  # options that depend on the network (e.g. block boundaries)
-        _try_rule_on_network(run_config(configs.get(name, base), name, opts[name], seeds[0]), data)
+        config = run_config(configs.get(name, base), name, opts[name], seeds[0])
+        family_name = _try_rule_on_network(config, data)
+    # The options a rule recommends for this family of network, where none was given: each
+    # run's config takes them when it is resolved (settings.resolve); the record shows them.
+    recommended_opts = {}
+    for name in rules:
+        extra = settings.recommended_options(name, family_name)
+        recommended_opts[name] = {k: v for k, v in extra.items() if k not in opts[name]}
+        resolved[name].update(recommended_opts[name])
 
     device = resolve_device(base.device)
     # On the device once, for every run (a stack's members share it, rather than a copy each).
@@ -366,7 +371,7 @@ def compare(
             "rule_opts": opts,
             "rule_options": resolved,
             "rule_recommended_options": recommended_opts,
-            "rule_settings": {name: rule_settings(base, name) for name in rules},
+            "rule_settings": {name: rule_settings(base, name, family_name) for name in rules},
             "config": {
                 k: v for k, v in base.to_dict().items() if k not in ("rule", "rule_opts", "seed")
             },
@@ -579,13 +584,15 @@ def _epochs_trained(folder: Path) -> int:
     return checkpoint.load_run(path)["epoch"] if path.exists() else 0
 
 
-def _try_rule_on_network(config: TrainConfig, data: Dataset) -> None:
+def _try_rule_on_network(config: TrainConfig, data: Dataset) -> str:
     """One update of the rule on a few examples, so that options that only make sense for a
-    network (a block boundary that is not a group, say) fail before any run trains."""
+    network (a block boundary that is not a group, say) fail before any run trains. Returns
+    the network's family (training/settings.py), which a model's name may not tell."""
     trainer = Trainer(config, None, progress=False, data=data)
     x = trainer.data.train_x[:4]
     y = targets_for(trainer.net, trainer.data.train_y[:4], trainer.data.n_classes)
     trainer.rule.updates(trainer.net, x, y)
+    return settings.family(trainer.net)
 
 
 def _now() -> str:

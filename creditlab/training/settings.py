@@ -51,11 +51,11 @@ def family(net) -> str:
 def model_family(model: str) -> str:
     """The family of the network a --model string names, without building it (the data, which
     sets its sizes, may not be loaded yet)."""
-    from creditlab.engine.models import CAPSNETS
+    from creditlab.engine.models import CAPSNETS, IMAGE_PRESETS
 
     if model in CAPSNETS:
         return "capsule"
-    if model == "lenet":
+    if model == "lenet" or model in IMAGE_PRESETS:
         return "conv"
     if model.startswith("skip:"):
         return "skip"
@@ -82,15 +82,18 @@ def recommended(rule_name: str, family_name: str = "dense") -> dict[str, Any]:
     return {**cls.recommended, **cls.recommended_for.get(family_name, {})}
 
 
-def recommended_options(rule_name: str, model: str) -> dict[str, Any]:
-    """The values of its own options a rule recommends for the family of `model`."""
-    return dict(recommended(rule_name, model_family(model)).get("options", {}))
+def recommended_options(rule_name: str, family_name: str) -> dict[str, Any]:
+    """The values of its own options a rule recommends for a family of networks."""
+    return dict(recommended(rule_name, family_name).get("options", {}))
 
 
-def resolve(config: TrainConfig) -> tuple[TrainConfig, dict[str, str]]:
+def resolve(
+    config: TrainConfig, family_name: str | None = None
+) -> tuple[TrainConfig, dict[str, str]]:
     """`config` with every unset recommendable setting filled in, and each one's source. The
-    rule's recommendation is the one for the model's family (model_family)."""
-    recommended_here = recommended(config.rule, model_family(config.model))
+    rule's recommendation is the one for the network's family: `family_name`, else the one
+    the model's name says (model_family; a torch module's is known once it is built)."""
+    recommended_here = recommended(config.rule, family_name or model_family(config.model))
     values, sources = {}, {}
     for key, default in DEFAULTS.items():
         given = getattr(config, key)

@@ -182,6 +182,7 @@ class Trainer:
         compile: bool = False,
     ):
         # Unset settings take the rule's recommendation, else the default; sources say which.
+        given = config
         config, self.sources = settings.resolve(config)
         self.config = config
         retain_freed_memory()  # a step's freed memory serves the next (speed/process.py)
@@ -222,6 +223,14 @@ class Trainer:
                 f"output group {self.net.output_name!r} has {self.net.n_scores} units; "
                 f"{config.dataset} has {self.data.n_classes} classes"
             )
+        built_family = settings.family(self.net)
+        if built_family != settings.model_family(config.model):
+            # A model whose name does not tell its family (a torch module): the rule's
+            # recommendation for the network built applies, and the rule and optimiser follow.
+            config, self.sources = settings.resolve(given, built_family)
+            self.config = config
+            self.rule = rule(config.rule, **config.rule_opts)
+            self.opt = SGD() if self.rule.applies_own_step else make_optimizer(config)
         recommended_zero = config.output_init == "zero" and self.sources["output_init"] == "rule"
         if recommended_zero and zero_applies(self.net):  # a capsule output keeps its weights
             config = self.config = dataclasses.replace(config, output_init="random")
