@@ -16,7 +16,7 @@ import pytest
 
 needs_glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
-# Five bp steps on a small CNN whose activations (128 x 16 x 32 x 32 floats, 8 MB each) are
+# Eight bp steps on a small CNN whose activations (128 x 16 x 32 x 32 floats, 8 MB each) are
 # larger than glibc's starting thresholds; prints the minor page faults of each step.
 STEPS = """
 import json, resource
@@ -36,7 +36,7 @@ rule, opt = cl.rule("bp"), cl.optim.SGD(momentum=0.9)
 params = net.parameters()
 state = opt.init(params)
 faults = []
-for step in range(5):
+for step in range(8):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     opt.update(params, rule.updates(net, x, y), state, 0.01)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -58,9 +58,15 @@ def test_steps_after_the_first_reuse_the_memory_the_step_before_freed():
     kept, default = run_steps(), run_steps(CREDITLAB_MALLOC="default")
     assert kept["applied"] and not default["applied"]
     # A step's activations and signals are about 16,000 pages. With glibc's own settings
-    # every step faults most of them in again; kept, the third step on faults (almost) none.
-    assert min(default["faults"][2:]) > 4000, default
-    assert max(kept["faults"][2:]) < 400, kept
+    # every step faults most of them in again. Kept, the heap grows to the steps' high-water
+    # mark within the first few steps (a CI run saw [22182, 2051, 2048, 0, 0]: the order of
+    # allocations may take a step or two more to reach it), then faults (almost) none.
+    # (glibc's own steps vary, 4,000 to 14,000 pages measured: their median is compared.)
+    later = sorted(default["faults"][2:])
+    typical = later[len(later) // 2]
+    assert typical > 4000, default
+    assert max(kept["faults"][-3:]) < 400, kept
+    assert sum(kept["faults"][2:]) < typical, (kept, default)
 
 
 @needs_glibc
