@@ -392,10 +392,20 @@ def test_compare_and_tune_go_to_an_existing_cluster(tmp_path, capsys):
         assert code == 0, out
         assert "sent to the Ray cluster at auto" in out
         client = [a if a != "auto" else "ray://127.0.0.1:10001" for a in tiny]  # Ray Client
+        # The head starts a Ray Client server for each client; on a loaded machine its start
+        # can time out ("Starting Ray client server failed", seen in 2 of 5 CI runs), which the
+        # command reports with exit 2. A later try, in a folder of its own, connects.
+        for attempt in range(4):
+            out_dir = tmp_path / f"t{attempt}"
+            code = cli.main(["tune", *client, "--trials", "1", "--out", str(out_dir)])
+            if code != 2 or time.monotonic() > deadline + 120:
+                break
+            time.sleep(5)
+        captured = capsys.readouterr()
         # 0, or 1 where the one toy trial stalled (the search learned nothing; results kept)
-        assert cli.main(["tune", *client, "--trials", "1", "--out", str(tmp_path / "t")]) in (0, 1)
-        assert "the Ray cluster at ray://127.0.0.1:10001" in capsys.readouterr().out
-        assert (tmp_path / "t" / "trials" / "bp" / "bp-000" / "results.json").exists()
+        assert code in (0, 1), captured.err
+        assert "the Ray cluster at ray://127.0.0.1:10001" in captured.out
+        assert (out_dir / "trials" / "bp" / "bp-000" / "results.json").exists()
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
